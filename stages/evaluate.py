@@ -1,0 +1,53 @@
+"""Stage ``evaluate``: every model against the clean-model threshold, in one table.
+
+It scores each checkpoint it finds (the watermarked model, the clean ones,
+every ``models/removed/<method>.pt``), so a new removal method needs no change here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from wmbench.checkpoint import load_checkpoint
+from wmbench.evaluate import Evaluator, verdicts
+from wmbench.files import read_json, write_csv_atomic, write_json_atomic
+from wmbench.prepared import load_prepared
+from wmbench.stage import Timer, run_stage, stage_parser, start
+
+
+def find_models(models: Path) -> dict[str, Path]:
+    """Name -> checkpoint: ``watermarked``, ``vanilla_seed<k>``, and each removal method."""
+    found = {"watermarked": models / "watermarked.pt"}
+    found.update({f"vanilla_{p.stem}": p for p in sorted((models / "vanilla").glob("*.pt"))})
+    found.update({p.stem: p for p in sorted((models / "removed").glob("*.pt"))})
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--models", default="models")
+    parser.add_argument("--vanilla", default="metrics/vanilla.json")
+    parser.add_argument("--metrics", default="metrics/summary.json")
+    parser.add_argument("--plot", default="plots/summary.csv")
+    args = parser.parse_args(argv)
+    _, device = start(args.params)
+    prepared = load_prepared(args.prepared)
+    threshold = read_json(args.vanilla)["threshold"]
+    timer = Timer()
+
+    evaluator = Evaluator(prepared.on("test", device), prepared.on("trigger", device))
+    scores = {
+        name: evaluator(load_checkpoint(path).build_model().to(device))
+        for name, path in find_models(Path(args.models)).items()
+    }
+    table = verdicts(scores, threshold=threshold)
+    write_csv_atomic(args.plot, [{"model": name, **row} for name, row in table.items()])
+    write_json_atomic(args.metrics, {"threshold": threshold, **table, "time_s": timer.seconds})
+    for name, row in table.items():
+        print(f"evaluate: {name:<16} test_acc {row['test_acc']:.4f}  wm_acc {row['wm_acc']:.3f}  removed {row['removed']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))

@@ -1,0 +1,94 @@
+"""Stage ``prepare``: load the dataset, split owner / adversary / test, build the trigger sets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from wmbench.data import Dataset, adversary_indices, load_dataset
+from wmbench.params import Params
+from wmbench.prepared import Prepared, save_prepared, to_uint8
+from wmbench.seeding import derive_seed, generator
+from wmbench.stage import Timer, run_stage, stage_parser, start
+from wmbench.watermarks import Watermark, build_watermark
+
+
+def split_adversary(dataset: Dataset, params: Params) -> np.ndarray:
+    """The adversary's stratified share of the training split."""
+    return adversary_indices(
+        dataset.train_labels, params.data.adversary_fraction, derive_seed(params.seed, "split")
+    )
+
+
+def make_watermark(dataset: Dataset, params: Params) -> Watermark:
+    """The owner's scheme, keyed by the seed."""
+    return build_watermark(
+        params.watermark.scheme,
+        params.watermark.scheme_options,
+        target=params.watermark.target,
+        image_shape=dataset.image_shape,
+        num_classes=dataset.num_classes,
+        seed=derive_seed(params.seed, "watermark"),
+        size=params.watermark.size,
+    )
+
+
+def build_trigger_sets(
+    dataset: Dataset, watermark: Watermark, params: Params
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Embedding samples from the owner's images; verification triggers from test images.
+
+    The verification set stamps test images (never trained on) whose true label
+    is not the target, so a correct prediction never counts as a watermark hit.
+    """
+    train_x = torch.from_numpy(dataset.train_images).float() / 255
+    test_x = torch.from_numpy(dataset.test_images).float() / 255
+    count = max(1, round(params.watermark.poison_fraction * len(dataset.train_labels)))
+    emb_x, emb_y = watermark.embedding_set(
+        train_x, torch.from_numpy(dataset.train_labels), count, generator(params.seed, "embedding-set")
+    )
+    ver_x, ver_y = watermark.verification_set(
+        test_x, torch.from_numpy(dataset.test_labels), generator(params.seed, "trigger-set")
+    )
+    return {
+        "embedding": (to_uint8(emb_x), emb_y.numpy().astype(np.int64)),
+        "trigger": (to_uint8(ver_x), ver_y.numpy().astype(np.int64)),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--out", default="data/prepared", help="output folder")
+    args = parser.parse_args(argv)
+    params, _ = start(args.params)
+    timer = Timer()
+
+    dataset = load_dataset(params.data.name, params.data.root, params.data.download)
+    watermark = make_watermark(dataset, params)
+    adversary = split_adversary(dataset, params)
+    arrays = {
+        "owner": (dataset.train_images, dataset.train_labels),
+        "adversary": (dataset.train_images[adversary], dataset.train_labels[adversary]),
+        "test": (dataset.test_images, dataset.test_labels),
+        **build_trigger_sets(dataset, watermark, params),
+    }
+    info = {
+        "dataset": params.data.name,
+        "image_shape": list(dataset.image_shape),
+        "num_classes": dataset.num_classes,
+        "scheme": params.watermark.scheme,
+        "target": params.watermark.target,
+        "counts": {name: int(len(labels)) for name, (_, labels) in arrays.items()},
+        "adversary_per_class": np.bincount(
+            arrays["adversary"][1], minlength=dataset.num_classes
+        ).tolist(),
+        "time_s": timer.seconds,
+    }
+    save_prepared(args.out, Prepared(arrays, info))
+    print(f"prepare: {info['counts']} in {timer.seconds:.1f}s")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))

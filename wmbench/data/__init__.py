@@ -1,0 +1,7 @@
+"""Datasets by name (``data.name``) and the adversary's stratified subset."""
+
+from wmbench.data import cifar, digits, idx  # noqa: F401  (register)
+from wmbench.data.base import DATASETS, Dataset, load_dataset
+from wmbench.data.split import adversary_indices
+
+__all__ = ["DATASETS", "Dataset", "adversary_indices", "load_dataset"]

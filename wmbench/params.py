@@ -1,0 +1,239 @@
+"""``params.yaml`` as validated dataclasses: every key checked before any work starts.
+
+Defaults live here, once; ``params.yaml`` repeats them so that ``dvc exp run -S``
+can set every key. An unknown key, a wrong type or an out-of-range value raises
+:class:`ParamsError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A bad value in params.yaml; the message names the key and the fix."""
+
+
+@dataclass
+class DataParams:
+    """Which dataset, where it lives, and the adversary's share of it."""
+
+    name: str = "digits"  # digits | mnist | fashion_mnist | cifar10
+    root: str = "data/raw"  # folder with the dataset's files (unused by digits)
+    download: bool = False  # fetch mnist / fashion_mnist / cifar10 if missing
+    adversary_fraction: float = 0.1  # share of the training split the adversary holds, (0, 1]
+
+    def __post_init__(self) -> None:
+        from wmbench.data import DATASETS
+
+        _check_name("data.name", self.name, DATASETS)
+        if not 0 < self.adversary_fraction <= 1:
+            raise ParamsError(
+                f"data.adversary_fraction={self.adversary_fraction} is outside (0, 1]; "
+                "use e.g. 0.1 for 10% of the training split"
+            )
+
+
+@dataclass
+class WatermarkParams:
+    """The owner's watermark: scheme, label, trigger-set size, how it is trained in."""
+
+    scheme: str = "content"  # content | noise | unrelated | abstract | square
+    target: int = 0  # label the triggers are trained to (unused by abstract)
+    size: int = 100  # images in the verification trigger set
+    poison_fraction: float = 0.1  # watermarked samples added, as a share of the owner's set
+    embedding: Literal["scratch", "pretrained"] = "scratch"  # Adi et al. FS or PT
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-scheme options
+
+    def __post_init__(self) -> None:
+        from wmbench.watermarks import WATERMARKS
+
+        _check_name("watermark.scheme", self.scheme, WATERMARKS)
+        if self.size < 1:
+            raise ParamsError(f"watermark.size={self.size} must be at least 1")
+        if not 0 < self.poison_fraction <= 1:
+            raise ParamsError(f"watermark.poison_fraction={self.poison_fraction} is outside (0, 1]")
+        for scheme, options in self.options.items():
+            cls = WATERMARKS.get(scheme)
+            valid, hints = cls.option_names(), typing.get_type_hints(cls)
+            for key, value in options.items():
+                if key not in valid:
+                    raise ParamsError(_unknown(f"watermark.{scheme}.{key}", key, valid))
+                options[key] = _coerce(hints[key], value, f"watermark.{scheme}.{key}")
+
+    @property
+    def scheme_options(self) -> dict[str, Any]:
+        """Options of the chosen scheme."""
+        return dict(self.options.get(self.scheme, {}))
+
+
+@dataclass
+class ModelParams:
+    """The architecture, by name."""
+
+    arch: str = "lenet"  # lenet | zhang_mnist | zhang_cifar | vgg16 | resnet18
+
+    def __post_init__(self) -> None:
+        from wmbench.models import ARCHS
+
+        _check_name("model.arch", self.arch, ARCHS)
+
+
+@dataclass
+class TrainParams:
+    """Embedding (and clean) training: WILD Sec. IV-A trains with RMSprop at lr 0.004."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
+    lr: float = 0.004  # initial lr
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: anneal to 0 over the run
+    momentum: float = 0.0  # sgd and rmsprop only
+    weight_decay: float = 0.0
+    pretrain_epochs: int = 10  # clean epochs before embedding when watermark.embedding=pretrained
+
+    def __post_init__(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.lr", self.lr)
+        if self.momentum < 0 or self.weight_decay < 0 or self.pretrain_epochs < 0:
+            raise ParamsError("train.momentum, train.weight_decay and train.pretrain_epochs must be >= 0")
+
+
+@dataclass
+class VanillaParams:
+    """Clean models that calibrate the ownership threshold (Aiken et al., Sec. 7.1)."""
+
+    seeds: int = 3  # how many clean models (seeds seed+1 .. seed+N)
+
+    def __post_init__(self) -> None:
+        _positive("vanilla.seeds", self.seeds)
+
+
+@dataclass
+class Params:
+    """The whole of params.yaml."""
+
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    beta: float = 1.0  # WILD's alignment weight (Eq. 2); top level for `-S beta=...`
+    data: DataParams = field(default_factory=DataParams)
+    watermark: WatermarkParams = field(default_factory=WatermarkParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    vanilla: VanillaParams = field(default_factory=VanillaParams)
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise ParamsError(f"seed={self.seed} must be >= 0")
+        if self.beta < 0:
+            raise ParamsError(f"beta={self.beta} must be >= 0")
+        if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
+            raise ParamsError(f"device={self.device!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``path``; :class:`ParamsError` on the first bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file {path} not found; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    return parse_params(raw)
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a params mapping (as read from YAML) into :class:`Params`."""
+    if not isinstance(raw, dict):
+        raise ParamsError("params.yaml must be a mapping of keys to values")
+    raw = dict(raw)
+    if isinstance(raw.get("watermark"), dict):
+        raw["watermark"] = _split_scheme_options(raw["watermark"])
+    return _build(Params, raw, "")
+
+
+def _split_scheme_options(section: dict[str, Any]) -> dict[str, Any]:
+    """Move ``watermark.<scheme>: {...}`` blocks under ``options``."""
+    from wmbench.watermarks import WATERMARKS
+
+    section = dict(section)
+    options = {}
+    for scheme in WATERMARKS.names():
+        if scheme in section:
+            block = section.pop(scheme)
+            if not isinstance(block, dict):
+                raise ParamsError(f"watermark.{scheme} must be a mapping of options, got {block!r}")
+            options[scheme] = block
+    section["options"] = options
+    return section
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where or 'params'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ParamsError(_unknown(f"{where}{key}", key, names))
+    kwargs = {name: _coerce(hints[name], raw[name], f"{where}{name}") for name in names if name in raw}
+    return cls(**kwargs)
+
+
+def _coerce(kind: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, f"{key}.")
+    if origin is Literal:
+        if value not in typing.get_args(kind):
+            raise ParamsError(f"{key}={value!r}; valid: {', '.join(map(str, typing.get_args(kind)))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        return None if value is None else _coerce(args[0], value, key)
+    if origin is dict or kind is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key} must be a mapping, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(kind)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float, str, bool) and (type(value) is not kind):
+        raise ParamsError(f"{key}={value!r} is a {type(value).__name__}; expected {kind.__name__}")
+    return value
+
+
+def _unknown(key: str, name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key {key!r}{hint} (valid here: {', '.join(sorted(valid))})"
+
+
+def _check_name(key: str, value: str, registry: Any) -> None:
+    if value not in registry:
+        close = difflib.get_close_matches(str(value), registry.names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ParamsError(f"{key}={value!r} is unknown{hint} (valid: {', '.join(registry.names())})")
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ParamsError(f"{key}={value} must be positive")
+
+
+def _is_cuda_index(device: str) -> bool:
+    return device.startswith("cuda:") and device[5:].isdigit()
