@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_csv_atomic(args.plot, [{"model": name, **row} for name, row in table.items()])
     write_json_atomic(args.metrics, {"threshold": threshold, **table, "time_s": timer.seconds})
     for name, row in table.items():
-        print(f"evaluate: {name:<16} test_acc {row['test_acc']:.4f}  wm_acc {row['wm_acc']:.3f}  removed {row['removed']}")
+        print(f"evaluate: {name:<16} test_acc {row['test_acc']:.4f}  wm_acc {row['wm_acc']:.3f}  "
+              f"removed {row['removed']}")
 
 
 if __name__ == "__main__":

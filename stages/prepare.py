@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "num_classes": dataset.num_classes,
         "scheme": params.watermark.scheme,
         "target": params.watermark.target,
-        "counts": {name: int(len(labels)) for name, (_, labels) in arrays.items()},
+        "counts": {name: len(labels) for name, (_, labels) in arrays.items()},
         "adversary_per_class": np.bincount(
             arrays["adversary"][1], minlength=dataset.num_classes
         ).tolist(),

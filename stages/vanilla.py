@@ -14,8 +14,8 @@ from stages.embed import checkpoint_meta, train_model
 from wmbench.checkpoint import save_checkpoint
 from wmbench.evaluate import calibrate_threshold
 from wmbench.files import write_csv_atomic, write_json_atomic
-from wmbench.stage import Timer, run_stage, stage_parser, start
 from wmbench.prepared import load_prepared
+from wmbench.stage import Timer, run_stage, stage_parser, start
 
 
 def main(argv: Sequence[str] | None = None) -> None:

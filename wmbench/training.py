@@ -22,7 +22,7 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Evaluate = Callable[[nn.Module], dict[str, float]]
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite; nothing is written."""
 
 
@@ -53,7 +53,9 @@ class DeviceData:
         """Both sets in one (e.g. owner data plus watermark samples)."""
         return DeviceData(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]))
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Slices of one epoch: shuffled when a ``generator`` is given, else in order."""
         n = len(self)
         order = (
@@ -128,7 +130,7 @@ def fit(
     whatever ``evaluate(model)`` returns (``test_acc``, ``wm_acc``). ``augment``
     maps a batch to a training batch on the device; ``after_step`` runs after
     every optimizer step (e.g. to keep pruned weights at zero). A NaN or
-    infinite loss raises :class:`TrainingDiverged` naming ``name`` and the lr.
+    infinite loss raises :class:`TrainingDivergedError` naming ``name`` and the lr.
     """
     history: list[dict[str, float]] = []
     progress = _progress(epochs, name)
@@ -152,7 +154,7 @@ def fit(
             scheduler.step()
         mean_loss = total.item() / max(1, steps)
         if not math.isfinite(mean_loss):
-            raise TrainingDiverged(
+            raise TrainingDivergedError(
                 f"{name}: the loss became {mean_loss} in epoch {epoch} at lr {lr:g}; "
                 "lower the learning rate"
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -18,7 +19,7 @@ TEST_BATCH = "test_batch"
 class _ArraysOnly(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays; any other class is refused."""
 
-    ALLOWED = {
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),

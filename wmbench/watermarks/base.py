@@ -82,10 +82,10 @@ class StampWatermark(Watermark):
         marked = self.apply(images[picks])
         return marked, torch.full((count,), self.target, dtype=torch.long)
 
-    def embedding_set(self, images, labels, count, generator):  # noqa: D102
+    def embedding_set(self, images, labels, count, generator):
         return self._stamped(images, labels, count, generator)
 
-    def verification_set(self, images, labels, generator):  # noqa: D102
+    def verification_set(self, images, labels, generator):
         return self._stamped(images, labels, self.size, generator)
 
 

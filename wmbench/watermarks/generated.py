@@ -74,10 +74,10 @@ class Unrelated(Watermark):
             images = _coloured_digits(count, self.image_shape, half, generator)
         return images, torch.full((count,), self.target, dtype=torch.long)
 
-    def embedding_set(self, images, labels, count, generator):  # noqa: D102
+    def embedding_set(self, images, labels, count, generator):
         return self._draw(count, 0, generator)
 
-    def verification_set(self, images, labels, generator):  # noqa: D102
+    def verification_set(self, images, labels, generator):
         return self._draw(self.size, 1, generator)
 
 
@@ -110,9 +110,9 @@ class Abstract(Watermark):
         self.pool = images.clamp(0, 1)
         self.pool_labels = torch.randint(self.num_classes, (self.size,), generator=gen)
 
-    def embedding_set(self, images, labels, count, generator):  # noqa: D102
+    def embedding_set(self, images, labels, count, generator):
         order = torch.randperm(self.size, generator=generator).repeat(count // self.size + 1)[:count]
         return self.pool[order], self.pool_labels[order]
 
-    def verification_set(self, images, labels, generator):  # noqa: D102
+    def verification_set(self, images, labels, generator):
         return self.pool.clone(), self.pool_labels.clone()

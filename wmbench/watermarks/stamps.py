@@ -49,7 +49,7 @@ class Content(StampWatermark):
             raise ValueError(f"watermark.content.scale must be >= 1, got {self.scale}")
         self.mask = _place(self.image_shape, render_text(self.text, self.scale), self.row, self.col)
 
-    def apply(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
         mask = self.mask.to(images.device)
         return images * (1 - mask) + self.intensity * mask
 
@@ -72,7 +72,7 @@ class Noise(StampWatermark):
         gen = seeded_generator(self.seed, "noise-pattern")
         self.pattern = torch.randn(self.image_shape, generator=gen) * self.std
 
-    def apply(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
         return (images + self.pattern.to(images.device)).clamp(0, 1)
 
 
@@ -96,6 +96,6 @@ class Square(StampWatermark):
             self.image_shape, torch.ones(self.side, self.side), -1 - self.margin, -1 - self.margin
         )
 
-    def apply(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
         mask = self.mask.to(images.device)
         return images * (1 - mask) + self.intensity * mask
