@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f"the Python object {found.group(1)}" if found else "Python objects, not only tensors"
         raise ValueError(
-            f"refusing to load {path}: it holds Python objects, not only tensors ({err}). "
+            f"refusing to load {path}: it holds {what}, and loading it could run code. "
             "Save a state dict instead: torch.save(model.state_dict(), path)"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as err:

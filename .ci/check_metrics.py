@@ -1,0 +1,34 @@
+"""CI: the default pipeline's metrics lie inside sane bounds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def check() -> list[str]:
+    problems = []
+    embed = json.loads(Path("metrics/embed.json").read_text())
+    vanilla = json.loads(Path("metrics/vanilla.json").read_text())
+    summary = json.loads(Path("metrics/summary.json").read_text())
+    if not embed["test_acc"] >= 0.9:
+        problems.append(f"watermarked test_acc {embed['test_acc']} < 0.9")
+    if not embed["wm_acc"] >= 0.9:
+        problems.append(f"watermark not learned: wm_acc {embed['wm_acc']} < 0.9")
+    if not 0 <= vanilla["threshold"] < 0.5:
+        problems.append(f"clean-model threshold {vanilla['threshold']} outside [0, 0.5)")
+    if summary["watermarked"]["removed"]:
+        problems.append("the watermarked model itself counts as removed")
+    for name, row in summary.items():
+        if isinstance(row, dict) and not (0 <= row["test_acc"] <= 1 and 0 <= row["wm_acc"] <= 1):
+            problems.append(f"{name}: accuracies out of [0, 1]: {row}")
+    return problems
+
+
+if __name__ == "__main__":
+    found = check()
+    for problem in found:
+        print(f"metrics check: {problem}")
+    print("metrics check: ok" if not found else "metrics check: FAILED")
+    sys.exit(1 if found else 0)

@@ -1,0 +1,46 @@
+import pytest
+import yaml
+
+from tests.conftest import ROOT, small_params
+from wmbench.params import ParamsError, load_params, parse_params
+
+
+def test_project_params_file_is_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.data.name == "digits" and params.beta >= 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"sed": 1}, r"unknown key 'sed'; did you mean 'seed'\?"),
+        ({"train": {"epoch": 3}}, r"unknown key 'train.epoch'; did you mean 'epochs'\?"),
+        ({"data": {"name": "digit"}}, r"data.name='digit' is unknown; did you mean 'digits'\?"),
+        ({"data": {"adversary_fraction": 0}}, r"adversary_fraction=0.0 is outside \(0, 1\]"),
+        ({"data": {"adversary_fraction": 1.5}}, r"adversary_fraction=1.5 is outside \(0, 1\]"),
+        ({"train": {"epochs": "ten"}}, r"train.epochs='ten' is a str; expected int"),
+        ({"train": {"lr": -1}}, r"train.lr=-1.0 must be positive"),
+        ({"train": {"optimizer": "adamw"}}, r"train.optimizer='adamw'; valid: rmsprop, adam, sgd"),
+        ({"model": {"arch": "resnet50"}}, r"model.arch='resnet50' is unknown.*valid: lenet, resnet18"),
+        ({"watermark": {"scheme": "nosie"}}, r"did you mean 'noise'"),
+        ({"watermark": {"content": {"txt": "A"}}}, r"unknown key 'watermark.content.txt'; did you mean 'text'"),
+        ({"watermark": {"noise": {"std": "big"}}}, r"watermark.noise.std='big' is a str; expected float"),
+        ({"device": "gpu"}, r"device='gpu'; valid: auto, cpu, cuda, cuda:N"),
+    ],
+)
+def test_bad_param_fails_naming_key_and_fix(overrides, message):
+    with pytest.raises(ParamsError, match=message):
+        parse_params(overrides)
+
+
+def test_params_file_with_bad_yaml_fails_clearly(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [1,\n")
+    with pytest.raises(ParamsError, match="is not valid YAML"):
+        load_params(path)
+
+
+def test_small_params_round_trip(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(small_params(**{"watermark.scheme": "noise"})))
+    assert load_params(path).watermark.scheme_options == {"std": 0.3}
