@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from wmbench.checkpoint import save_checkpoint
+from wmbench.checkpoint import load_state_dict, load_weights, save_checkpoint
 from wmbench.evaluate import Evaluator
 from wmbench.files import write_csv_atomic, write_json_atomic
 from wmbench.models import create_model
@@ -53,6 +53,16 @@ def train_model(
     return model, history
 
 
+def import_model(prepared: Prepared, params: Params, device: torch.device) -> nn.Module:
+    """The owner's own weights (``model.checkpoint``), checked against ``model.arch`` and the data.
+
+    The file is untrusted: it is read as tensors only (``weights_only`` or safetensors).
+    """
+    model = create_model(params.model.arch, **prepared.arch_kwargs())
+    load_weights(model, load_state_dict(params.model.checkpoint), source=params.model.checkpoint)
+    return model.to(device)
+
+
 def checkpoint_meta(prepared: Prepared, params: Params, seed: int, role: str) -> dict:
     """What rebuilds the model and says where it came from."""
     return {
@@ -76,9 +86,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     prepared = load_prepared(args.prepared)
     timer = Timer()
 
-    model, history = train_model(prepared, params, device, seed=params.seed, watermark=True)
+    if params.model.checkpoint:
+        model = import_model(prepared, params, device)
+        history = [{"epoch": 0, **Evaluator(prepared.on("test", device), prepared.on("trigger", device))(model)}]
+    else:
+        model, history = train_model(prepared, params, device, seed=params.seed, watermark=True)
     final = history[-1]
-    save_checkpoint(args.model, model, checkpoint_meta(prepared, params, params.seed, "watermarked"))
+    meta = checkpoint_meta(prepared, params, params.seed, "watermarked")
+    if params.model.checkpoint:
+        meta["source"] = params.model.checkpoint
+    save_checkpoint(args.model, model, meta)
     write_csv_atomic(args.plot, history)
     metrics = {"test_acc": final["test_acc"], "wm_acc": final["wm_acc"], "time_s": timer.seconds, "seed": params.seed}
     write_json_atomic(args.metrics, metrics)

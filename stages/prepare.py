@@ -12,6 +12,7 @@ from wmbench.params import Params
 from wmbench.prepared import Prepared, save_prepared, to_uint8
 from wmbench.seeding import derive_seed, generator
 from wmbench.stage import Timer, run_stage, stage_parser, start
+from wmbench.triggers import load_trigger_set
 from wmbench.watermarks import Watermark, build_watermark
 
 
@@ -42,10 +43,18 @@ def build_trigger_sets(
 
     The verification set stamps test images (never trained on) whose true label
     is not the target, so a correct prediction never counts as a watermark hit.
+    With ``watermark.trigger_set`` the owner's own images are both sets (as Adi
+    et al.'s trigger set is), repeated to the poison count for embedding.
     """
+    count = max(1, round(params.watermark.poison_fraction * len(dataset.train_labels)))
+    if params.watermark.trigger_set:
+        images, labels = load_trigger_set(params.watermark.trigger_set, dataset.image_shape, dataset.num_classes)
+        order = np.random.default_rng(derive_seed(params.seed, "embedding-set")).permutation(
+            np.resize(np.arange(len(labels)), count)
+        )
+        return {"embedding": (images[order], labels[order]), "trigger": (images, labels)}
     train_x = torch.from_numpy(dataset.train_images).float() / 255
     test_x = torch.from_numpy(dataset.test_images).float() / 255
-    count = max(1, round(params.watermark.poison_fraction * len(dataset.train_labels)))
     emb_x, emb_y = watermark.embedding_set(
         train_x, torch.from_numpy(dataset.train_labels), count, generator(params.seed, "embedding-set")
     )
@@ -78,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "dataset": params.data.name,
         "image_shape": list(dataset.image_shape),
         "num_classes": dataset.num_classes,
-        "scheme": params.watermark.scheme,
+        "scheme": "external" if params.watermark.trigger_set else params.watermark.scheme,
         "target": params.watermark.target,
         "counts": {name: len(labels) for name, (_, labels) in arrays.items()},
         "adversary_per_class": np.bincount(

@@ -51,10 +51,45 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: dict[s
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a wmbench checkpoint with ``weights_only=True``; clear errors for bad files."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; run the stage that writes it")
+    blob = load_tensors_file(path)
+    if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:
+        raise ValueError(
+            f"{path} is not a wmbench checkpoint (expected keys 'state_dict' and 'meta')"
+        )
+    return Checkpoint(state_dict=blob["state_dict"], meta=json.loads(blob["meta"]))
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A state dict from elsewhere: ``.safetensors``, a ``torch.save``d state dict, or a wmbench checkpoint.
+
+    Never unpickles code: torch files load with ``weights_only=True``.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        _require_file(path)
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
+    blob = load_tensors_file(path)
+    if isinstance(blob, dict) and "state_dict" in blob and "meta" in blob:
+        blob = blob["state_dict"]
+    if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise ValueError(
+            f"{path} holds no state dict (a mapping of parameter names to tensors); "
+            "save one with torch.save(model.state_dict(), path)"
+        )
+    return blob
+
+
+def load_tensors_file(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with messages that name the problem and the fix."""
+    _require_file(path)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         what = f"the Python object {found.group(1)}" if found else "Python objects, not only tensors"
@@ -64,11 +99,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"checkpoint {path} is corrupt or truncated: {err}") from None
-    if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:
-        raise ValueError(
-            f"{path} is not a wmbench checkpoint (expected keys 'state_dict' and 'meta')"
-        )
-    return Checkpoint(state_dict=blob["state_dict"], meta=json.loads(blob["meta"]))
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; run the stage that writes it or fix the path")
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:

@@ -51,6 +51,7 @@ class WatermarkParams:
     size: int = 100  # images in the verification trigger set
     poison_fraction: float = 0.1  # watermarked samples added, as a share of the owner's set
     embedding: Literal["scratch", "pretrained"] = "scratch"  # Adi et al. FS or PT
+    trigger_set: str = ""  # the owner's own trigger set (.npz or folder); "" = build from `scheme`
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-scheme options
 
     def __post_init__(self) -> None:
@@ -61,6 +62,7 @@ class WatermarkParams:
             raise ParamsError(f"watermark.size={self.size} must be at least 1")
         if not 0 < self.poison_fraction <= 1:
             raise ParamsError(f"watermark.poison_fraction={self.poison_fraction} is outside (0, 1]")
+        _check_path("watermark.trigger_set", self.trigger_set)
         for scheme, options in self.options.items():
             cls = WATERMARKS.get(scheme)
             valid, hints = cls.option_names(), typing.get_type_hints(cls)
@@ -80,11 +82,13 @@ class ModelParams:
     """The architecture, by name."""
 
     arch: str = "lenet"  # lenet | zhang_mnist | zhang_cifar | vgg16 | resnet18
+    checkpoint: str = ""  # the owner's own weights for `arch` (.pt state dict or .safetensors); "" = train
 
     def __post_init__(self) -> None:
         from wmbench.models import ARCHS
 
         _check_name("model.arch", self.arch, ARCHS)
+        _check_path("model.checkpoint", self.checkpoint)
 
 
 @dataclass
@@ -228,6 +232,11 @@ def _check_name(key: str, value: str, registry: Any) -> None:
         close = difflib.get_close_matches(str(value), registry.names(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ParamsError(f"{key}={value!r} is unknown{hint} (valid: {', '.join(registry.names())})")
+
+
+def _check_path(key: str, value: str) -> None:
+    if value and not Path(value).exists():
+        raise ParamsError(f"{key}={value!r} does not exist; fix the path or set it to '' ")
 
 
 def _positive(key: str, value: float) -> None:
