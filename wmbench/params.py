@@ -134,7 +134,7 @@ class ExportParams:
     """ONNX export and its check against PyTorch (``export`` stage)."""
 
     check_images: int = 256  # test images run through both PyTorch and the ONNX reference evaluator
-    tolerance: float = 1e-4  # largest allowed absolute difference of any logit
+    tolerance: float = 1e-3  # largest allowed absolute difference of any logit (float32 round-off is ~1e-5)
     opset: int = 18  # ONNX opset version
 
     def __post_init__(self) -> None:
