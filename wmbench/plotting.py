@@ -72,7 +72,7 @@ def plot_removal_curves(
         axes.set_ylim(-3, 103)
         axes.grid(alpha=0.3)
     for axes in grid[:, 0]:
-        axes.set_ylabel("%")
+        axes.set_ylabel("accuracy, retention (%)")
     for axes in list(grid.flat)[len(curves):]:
         axes.axis("off")
     handles, labels = grid[0, 0].get_legend_handles_labels()
