@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wmbench.checkpoint import load_checkpoint
-from wmbench.evaluate import Evaluator, verdicts
+from wmbench.evaluate import Evaluator, null_rate, verdicts
 from wmbench.files import read_json, write_csv_atomic, write_json_atomic
 from wmbench.prepared import load_prepared
 from wmbench.stage import Timer, run_stage, stage_parser, start
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", default="metrics/summary.json")
     parser.add_argument("--plot", default="plots/summary.csv")
     args = parser.parse_args(argv)
-    _, device = start(args.params)
+    params, device = start(args.params)
     prepared = load_prepared(args.prepared)
     threshold = read_json(args.vanilla)["threshold"]
     timer = Timer()
@@ -42,12 +42,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         name: evaluator(load_checkpoint(path).build_model().to(device))
         for name, path in find_models(Path(args.models)).items()
     }
-    table = verdicts(scores, threshold=threshold)
+    trigger_size = len(evaluator.trigger)
+    table = verdicts(scores, threshold=threshold, trigger_size=trigger_size, alpha=params.evaluate.alpha)
     write_csv_atomic(args.plot, [{"model": name, **row} for name, row in table.items()])
-    write_json_atomic(args.metrics, {"threshold": threshold, **table, "time_s": timer.seconds})
+    write_json_atomic(args.metrics, {
+        "threshold": threshold,
+        "null_rate": null_rate(threshold, trigger_size),
+        "trigger_size": trigger_size,
+        "alpha": params.evaluate.alpha,
+        **table,
+        "time_s": timer.seconds,
+    })
     for name, row in table.items():
         print(f"evaluate: {name:<16} test_acc {row['test_acc']:.4f}  wm_acc {row['wm_acc']:.3f}  "
-              f"removed {row['removed']}")
+              f"removed {row['removed']!s:<5}  p_value {row['p_value']:.2e}  "
+              f"ownership_verified {row['ownership_verified']}")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,32 @@ class VanillaParams:
 
 
 @dataclass
+class EvaluateParams:
+    """The ownership test in the ``evaluate`` stage (see ``wmbench.evaluate.ownership_test``)."""
+
+    alpha: float = 0.05  # significance level: ownership_verified when p_value < alpha, in (0, 1)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ParamsError(f"evaluate.alpha={self.alpha} is outside (0, 1); use e.g. 0.05")
+
+
+@dataclass
+class ExportParams:
+    """ONNX export and its check against PyTorch (``export`` stage)."""
+
+    check_images: int = 256  # test images run through both PyTorch and the ONNX reference evaluator
+    tolerance: float = 1e-3  # largest allowed absolute difference of any logit (float32 round-off is ~1e-5)
+    opset: int = 18  # ONNX opset version
+
+    def __post_init__(self) -> None:
+        _positive("export.check_images", self.check_images)
+        _positive("export.tolerance", self.tolerance)
+        if self.opset < 18:
+            raise ParamsError(f"export.opset={self.opset}; the dynamo exporter needs opset 18 or newer")
+
+
+@dataclass
 class Params:
     """The whole of params.yaml."""
 
@@ -134,6 +160,8 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     vanilla: VanillaParams = field(default_factory=VanillaParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    export: ExportParams = field(default_factory=ExportParams)
 
     def __post_init__(self) -> None:
         if self.seed < 0:

@@ -1,0 +1,62 @@
+"""Stage ``export``: ONNX of the watermarked model and every removed model, checked against PyTorch.
+
+Each ``exports/<name>.onnx`` is checked on the first ``export.check_images``
+test images plus as many trigger inputs, so the watermark's behaviour is
+compared too. A file that disagrees with PyTorch fails the stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from stages.evaluate import find_models
+from wmbench.checkpoint import load_checkpoint
+from wmbench.export import export_onnx
+from wmbench.files import write_json_atomic
+from wmbench.prepared import Prepared, load_prepared
+from wmbench.stage import Timer, run_stage, stage_parser, start
+
+
+def exported_models(models: Path) -> dict[str, Path]:
+    """Name -> checkpoint for the watermarked model and each ``models/removed/<method>.pt``."""
+    return {name: path for name, path in find_models(models).items() if not name.startswith("vanilla_")}
+
+
+def check_images(prepared: Prepared, count: int) -> torch.Tensor:
+    """The first ``count`` test images and ``count`` trigger inputs, float in [0, 1] on the CPU."""
+    device = torch.device("cpu")
+    test, trigger = prepared.on("test", device), prepared.on("trigger", device)
+    return torch.cat([test.images[:count], trigger.images[:count]])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--models", default="models")
+    parser.add_argument("--out", default="exports", help="folder for the .onnx files")
+    parser.add_argument("--metrics", default="metrics/export.json")
+    args = parser.parse_args(argv)
+    params, _ = start(args.params)
+    prepared = load_prepared(args.prepared)
+    timer = Timer()
+
+    images = check_images(prepared, params.export.check_images)
+    metrics: dict = {"tolerance": params.export.tolerance, "opset": params.export.opset}
+    for name, path in exported_models(Path(args.models)).items():
+        model = load_checkpoint(path).build_model()
+        check = export_onnx(
+            model, images, Path(args.out) / f"{name}.onnx",
+            tolerance=params.export.tolerance, opset=params.export.opset,
+        )
+        metrics[name] = check.as_metrics()
+        print(f"export: {name:<12} {check.bytes / 1024:.0f} KiB  max |dlogit| {check.max_abs_diff:.2e}  "
+              f"label mismatches {check.label_mismatches}/{check.images}")
+    metrics["time_s"] = timer.seconds
+    write_json_atomic(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))

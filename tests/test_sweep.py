@@ -1,0 +1,86 @@
+"""The sweep's grid commands and its table builder on a small fake ``dvc exp show --json``."""
+
+from __future__ import annotations
+
+from wmbench.sweep import collect_rows, markdown_table, paper_references, queue_commands
+
+
+def experiment(name, scheme, fraction, summary):
+    data = {
+        "params": {"params.yaml": {"data": {
+            "watermark": {"scheme": scheme}, "data": {"adversary_fraction": fraction},
+        }}},
+        "metrics": {"metrics/summary.json": {"data": summary}},
+    }
+    return {"revs": [{"rev": "abc1234def", "name": name, "data": data, "error": None}], "name": name}
+
+
+def summary(wm_removed):
+    return {
+        "threshold": 0.05, "alpha": 0.05, "time_s": 3.0,
+        "watermarked": {"test_acc": 0.97, "wm_acc": 1.0, "removed": False, "p_value": 1e-40,
+                        "ownership_verified": True, "useful": True},
+        "vanilla_seed1": {"test_acc": 0.96, "wm_acc": 0.01, "removed": True},
+        "wild_ce": {"test_acc": 0.955, "wm_acc": wm_removed, "removed": wm_removed <= 0.05, "p_value": 0.4,
+                    "ownership_verified": False, "useful": True},
+        "scratch": {"test_acc": 0.90, "wm_acc": 0.02, "removed": True, "p_value": 0.9,
+                    "ownership_verified": False, "useful": False},
+    }
+
+
+FAKE_EXP_SHOW = [
+    {"rev": "workspace", "name": None, "data": {"metrics": {}}, "experiments": None},
+    {
+        "rev": "0123456789", "name": "main", "data": {},
+        "experiments": [
+            experiment("sweep-content-0p1", "content", 0.1, summary(0.02)),
+            experiment("sweep-noise-0p2", "noise", 0.2, summary(0.30)),
+            experiment("other-run", "content", 0.1, summary(0.5)),
+            {"revs": [{"rev": "deadbeef", "name": "sweep-failed", "data": {}, "error": {"msg": "boom"}}]},
+        ],
+    },
+]
+
+
+def test_collect_rows_reads_sweep_experiments_only():
+    rows = collect_rows(FAKE_EXP_SHOW, prefix="sweep")
+    assert {r.experiment for r in rows} == {"sweep-content-0p1", "sweep-noise-0p2"}
+    models = sorted(r.model for r in rows if r.experiment == "sweep-noise-0p2")
+    assert models == ["scratch", "threshold", "watermarked", "wild_ce"]  # clean models only via the threshold
+    (ce,) = [r for r in rows if r.model == "wild_ce" and r.scheme == "noise"]
+    assert (ce.fraction, ce.wm_acc, ce.verdicts["removed"]) == (0.2, 0.30, False)
+
+
+def test_markdown_table_puts_paper_numbers_beside_ours():
+    table = markdown_table(collect_rows(FAKE_EXP_SHOW, prefix="sweep"))
+    lines = table.splitlines()
+    assert lines[0].startswith("| scheme | adversary data | model |")
+    assert set(lines[1]) == {"|", "-"} and lines[1].count("|") == lines[0].count("|")
+    assert len(lines) == 2 + 2 * 4
+    content_ce = next(line for line in lines if line.startswith("| content | 10% | wild_ce |"))
+    assert "95.50% | 2.00% | yes | yes | 0.4 | no |" in content_ce
+    assert "97.64% / 1.11% (WILD Tab. II)" in content_ce  # WILD Table II, content, 10%, CE
+    noise_wm = next(line for line in lines if line.startswith("| noise | 20% | watermarked |"))
+    assert "97.64% / 100.00% (WILD Tab. II)" in noise_wm and "99.86% / 99.99% (Laundering Tab. 2)" in noise_wm
+    threshold = next(line for line in lines if line.startswith("| content | 10% | threshold |"))
+    assert "- / 1.50% (Laundering Tab. 2)" in threshold
+    scratch = next(i for i, line in enumerate(lines) if line.startswith("| content | 10% | scratch"))
+    assert lines.index(content_ce) < scratch
+
+
+def test_paper_references_hold_the_typed_tables():
+    refs = paper_references()
+    refit = [r for r in refs[("unrelated", "refit")] if r.fraction == 0.4]
+    assert [(r.test_acc, r.wm_acc) for r in refit] == [(0.9922, 0.78), (0.9894, 0.55), (0.9885, 0.35)]
+    (laundering,) = refs[("noise", "laundering")]
+    assert (laundering.wm_acc, laundering.fraction) == (0.0007, 0.006)
+
+
+def test_queue_commands_cover_the_grid():
+    commands = queue_commands(["content", "noise"], [0.1, 0.4], ["wild_ce", "scratch"], ["beta=10"])
+    assert len(commands) == 4
+    first = commands[0]
+    assert first[:6] == ["dvc", "exp", "run", "--queue", "--name", "sweep-content-0p1"]
+    assert first[6:] == ["-S", "watermark.scheme=content", "-S", "data.adversary_fraction=0.1",
+                         "-S", "removal.methods=[wild_ce,scratch]", "-S", "beta=10"]
+    assert {c[5] for c in commands} == {"sweep-content-0p1", "sweep-content-0p4", "sweep-noise-0p1", "sweep-noise-0p4"}

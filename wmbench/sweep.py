@@ -1,0 +1,210 @@
+"""A grid of experiments (schemes x adversary fractions x methods) and its table beside the papers'.
+
+Pure functions only: :func:`queue_commands` says which ``dvc exp run --queue``
+calls make the grid, :func:`collect_rows` reads ``dvc exp show --json``, and
+:func:`markdown_table` writes the rows with the papers' numbers next to ours.
+``scripts/sweep.py`` runs the commands.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+SUMMARY = "metrics/summary.json"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One number pair from a paper: test accuracy and watermark retention (fractions), and where."""
+
+    test_acc: float | None
+    wm_acc: float
+    fraction: float  # share of the training data the paper's adversary used
+    source: str
+
+
+WILD = "WILD Tab. II"  # Liu et al., WILD, Table II: MNIST, LeNet-style model
+LAUNDERING = "Laundering Tab. 2"  # Aiken et al., Neural Network Laundering, Table 2: MNIST
+
+# (scheme, method) -> references; WILD's REFIT rows carry the lr in the source.
+# Values typed from the papers in /work/shared/papers/ (percent / 100).
+_WILD_FRACTIONS = (0.1, 0.2, 0.4)
+_WILD_II = {
+    # scheme: (original (test, wm), {column: [(test, wm) at 10%, 20%, 40%]})
+    "content": ((0.9808, 0.9986), {
+        "refit lr 0.001": [(0.9779, 0.2633), (0.9881, 0.1771), (0.9887, 0.0778)],
+        "refit lr 0.003": [(0.9835, 0.0655), (0.9848, 0.0546), (0.9867, 0.0317)],
+        "refit lr 0.005": [(0.9768, 0.0327), (0.9797, 0.0263), (0.9834, 0.0031)],
+        "wild_ce": [(0.9764, 0.0111), (0.9774, 0.0082), (0.9779, 0.0053)],
+        "wild_js": [(0.9757, 0.0092), (0.9768, 0.0086), (0.9775, 0.0092)],
+        "wild_dn": [(0.9703, 0.0062), (0.9717, 0.0116), (0.9724, 0.0043)],
+    }),
+    "noise": ((0.9764, 1.0), {
+        "refit lr 0.001": [(0.9873, 0.9911), (0.9893, 0.9898), (0.9903, 0.7685)],
+        "refit lr 0.003": [(0.9814, 0.9835), (0.9862, 0.9674), (0.9873, 0.7033)],
+        "refit lr 0.005": [(0.9786, 0.5683), (0.9839, 0.4852), (0.9869, 0.4601)],
+        "wild_ce": [(0.9775, 0.0417), (0.9807, 0.0082), (0.9814, 0.0232)],
+        "wild_js": [(0.9782, 0.0626), (0.9802, 0.0343), (0.9813, 0.0492)],
+        "wild_dn": [(0.9744, 0.0065), (0.9768, 0.0013), (0.9773, 0.0017)],
+    }),
+    "unrelated": ((0.9853, 0.99), {
+        "refit lr 0.001": [(0.9903, 0.89), (0.9905, 0.86), (0.9922, 0.78)],
+        "refit lr 0.003": [(0.9892, 0.84), (0.9889, 0.79), (0.9894, 0.55)],
+        "refit lr 0.005": [(0.9877, 0.69), (0.9868, 0.58), (0.9885, 0.35)],
+        "wild_ce": [(0.9737, 0.11), (0.9781, 0.10), (0.9795, 0.09)],
+        "wild_js": [(0.9717, 0.15), (0.9760, 0.07), (0.9782, 0.06)],
+        "wild_dn": [(0.9733, 0.09), (0.9756, 0.14), (0.9771, 0.11)],
+    }),
+}
+# Laundering Table 2, MNIST rows: "Ours" (0.6% of the data), Zhang et al.'s 90% pruning (16.6%),
+# the watermarked originals and the vanilla-model threshold.
+_LAUNDERING_2 = {
+    "content": {"laundering": (0.9834, 0.0001), "prune": (0.9703, 0.9995), "watermarked": (0.9990, 1.0),
+                "threshold": (None, 0.015)},
+    "noise": {"laundering": (0.9745, 0.0007), "prune": (0.9519, 0.9955), "watermarked": (0.9986, 0.9999),
+              "threshold": (None, 0.06)},
+    "unrelated": {"laundering": (0.9833, 0.15), "prune": (0.9355, 0.999), "watermarked": (0.9992, 0.9971),
+                  "threshold": (None, 0.20)},
+}
+
+
+def paper_references() -> dict[tuple[str, str], list[Reference]]:
+    """(scheme, model or method) -> the papers' MNIST numbers for it."""
+    table: dict[tuple[str, str], list[Reference]] = {}
+    for scheme, ((test, wm), columns) in _WILD_II.items():
+        table.setdefault((scheme, "watermarked"), []).append(Reference(test, wm, 1.0, WILD))
+        for column, values in columns.items():
+            method, _, lr = column.partition(" ")
+            source = f"{WILD}, {lr}" if lr else WILD
+            for fraction, (t, w) in zip(_WILD_FRACTIONS, values, strict=True):
+                table.setdefault((scheme, method), []).append(Reference(t, w, fraction, source))
+    for scheme, rows in _LAUNDERING_2.items():
+        for name, (t, w) in rows.items():
+            fraction = {"laundering": 0.006, "prune": 0.166}.get(name, 1.0)
+            table.setdefault((scheme, name), []).append(Reference(t, w, fraction, LAUNDERING))
+    return table
+
+
+def queue_commands(
+    schemes: Sequence[str],
+    fractions: Sequence[float],
+    methods: Sequence[str] = (),
+    extra: Sequence[str] = (),
+    prefix: str = "sweep",
+) -> list[list[str]]:
+    """One ``dvc exp run --queue`` per (scheme, fraction); every method runs inside each experiment.
+
+    The methods are the ``remove@<method>`` stages of one experiment
+    (``removal.methods``), so the watermarked and clean models are trained once
+    per cell, not once per method. ``extra`` are more ``key=value`` settings.
+    """
+    commands = []
+    for scheme, fraction in itertools.product(schemes, fractions):
+        name = f"{prefix}-{scheme}-{fraction:g}".replace(".", "p")
+        settings = [f"watermark.scheme={scheme}", f"data.adversary_fraction={fraction:g}"]
+        if methods:
+            settings.append(f"removal.methods=[{','.join(methods)}]")
+        settings += list(extra)
+        commands.append(["dvc", "exp", "run", "--queue", "--name", name, *_flags(settings)])
+    return commands
+
+
+def _flags(settings: Iterable[str]) -> list[str]:
+    return [part for setting in settings for part in ("-S", setting)]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model in one experiment of the sweep."""
+
+    experiment: str
+    scheme: str
+    fraction: float
+    model: str
+    test_acc: float | None
+    wm_acc: float
+    verdicts: Mapping[str, Any]
+
+
+def collect_rows(exp_show: Sequence[Mapping[str, Any]], prefix: str | None = None) -> list[Row]:
+    """The rows of every experiment in ``dvc exp show --json`` output (optionally names starting ``prefix``).
+
+    Per experiment: the clean-model threshold, the watermarked model and
+    every removal method in ``metrics/summary.json``; the clean models
+    themselves are summarised by the threshold. Failed or empty experiments are skipped.
+    """
+    rows = []
+    for name, data in _experiments(exp_show):
+        if prefix is not None and not (name or "").startswith(prefix):
+            continue
+        params = data.get("params", {}).get("params.yaml", {}).get("data", {})
+        summary = data.get("metrics", {}).get(SUMMARY, {}).get("data")
+        if not summary:
+            continue
+        scheme = params.get("watermark", {}).get("scheme", "?")
+        fraction = float(params.get("data", {}).get("adversary_fraction", float("nan")))
+        rows.append(Row(name, scheme, fraction, "threshold", None, summary["threshold"], {}))
+        for model, metrics in summary.items():
+            if not isinstance(metrics, dict) or model.startswith("vanilla"):
+                continue
+            verdicts = {k: v for k, v in metrics.items() if k not in ("test_acc", "wm_acc", "test_acc_drop")}
+            rows.append(Row(name, scheme, fraction, model, metrics["test_acc"], metrics["wm_acc"], verdicts))
+    return rows
+
+
+def _experiments(exp_show: Sequence[Mapping[str, Any]]) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    """(name, data) of every experiment under every baseline commit, newest revision of each."""
+    for baseline in exp_show:
+        for experiment in baseline.get("experiments") or []:
+            revs = experiment.get("revs") or []
+            if revs and revs[0].get("data") and not revs[0].get("error"):
+                yield experiment.get("name") or revs[0].get("name") or revs[0]["rev"][:7], revs[0]["data"]
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}%"
+
+
+def _closest(references: list[Reference], fraction: float) -> list[Reference]:
+    """The references at the fraction nearest ``fraction`` (all REFIT lrs at that fraction)."""
+    if not references:
+        return []
+    best = min(abs(r.fraction - fraction) for r in references)
+    return [r for r in references if abs(r.fraction - fraction) == best]
+
+
+def markdown_table(rows: Sequence[Row], references: Mapping[tuple[str, str], list[Reference]] | None = None) -> str:
+    """A markdown table of ``rows`` with the papers' MNIST numbers for the same scheme and method.
+
+    The paper column shows test accuracy / retention at the paper's data
+    fraction closest to ours (named when it differs); REFIT shows each lr.
+    """
+    references = paper_references() if references is None else references
+    header = ("| scheme | adversary data | model | test acc | wm retention | removed | useful | p-value "
+              "| ownership verified | paper (test acc / retention) |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in sorted(rows, key=lambda r: (r.scheme, r.fraction, _order(r.model), r.model)):
+        paper = []
+        for ref in _closest(references.get((row.scheme, row.model), []), row.fraction):
+            note = [ref.source] + ([f"{100 * ref.fraction:g}% data"] if ref.fraction not in (1.0, row.fraction) else [])
+            paper.append(f"{_percent(ref.test_acc) or '-'} / {_percent(ref.wm_acc)} ({', '.join(note)})")
+        verdict = row.verdicts
+        cells = [
+            row.scheme, f"{100 * row.fraction:g}%", row.model, _percent(row.test_acc) or "-", _percent(row.wm_acc),
+            _flag(verdict.get("removed")), _flag(verdict.get("useful")),
+            f"{verdict['p_value']:.2g}" if "p_value" in verdict else "",
+            _flag(verdict.get("ownership_verified")), "<br>".join(paper),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _order(model: str) -> int:
+    return {"watermarked": 0, "threshold": 1, "scratch": 3}.get(model, 2)
+
+
+def _flag(value: Any) -> str:
+    return "" if value is None else ("yes" if value else "no")
