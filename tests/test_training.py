@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stages.embed import train_model
-from wmbench.evaluate import Evaluator, calibrate_threshold, verdicts
+from wmbench.evaluate import Evaluator, calibrate_threshold
 from wmbench.training import DeviceData, TrainingDivergedError, fit, make_optimizer
 
 
@@ -52,19 +52,3 @@ def test_threshold_is_the_highest_clean_rate():
     assert calibrate_threshold([0.01, 0.2, 0.07]) == 0.2
     with pytest.raises(ValueError, match="no clean-model"):
         calibrate_threshold([])
-
-
-def test_verdicts_mark_removed_and_useful():
-    table = verdicts(
-        {
-            "watermarked": {"test_acc": 0.98, "wm_acc": 1.0},
-            "finetune": {"test_acc": 0.97, "wm_acc": 0.05},
-            "scratch": {"test_acc": 0.90, "wm_acc": 0.02},
-            "bad": {"test_acc": 0.80, "wm_acc": 0.5},
-        },
-        threshold=0.1,
-    )
-    assert table["watermarked"]["removed"] is False
-    assert table["finetune"] == {"test_acc": 0.97, "wm_acc": 0.05, "test_acc_drop": pytest.approx(0.01),
-                                 "removed": True, "useful": True}
-    assert table["bad"]["useful"] is False and table["bad"]["removed"] is False
