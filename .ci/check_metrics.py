@@ -26,7 +26,28 @@ def check() -> list[str]:
     return problems
 
 
+def differences(first: Path, second: Path) -> list[str]:
+    """Metric values that differ between two runs, ignoring wall-clock times."""
+
+    def strip(obj):
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if not k.startswith("time_s")}
+        return obj
+
+    found = []
+    for old in sorted(first.rglob("*.json")):
+        new = second / old.relative_to(first)
+        a, b = strip(json.loads(old.read_text())), strip(json.loads(new.read_text()))
+        if a != b:
+            found.append(f"{new} differs between two runs with the same seed")
+    return found
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--same-as":
+        found = differences(Path(sys.argv[2]), Path("metrics"))
+        print("\n".join(found) or "determinism check: ok, identical metrics")
+        sys.exit(1 if found else 0)
     found = check()
     for problem in found:
         print(f"metrics check: {problem}")
