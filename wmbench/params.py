@@ -149,6 +149,45 @@ class ExportParams:
 
 
 @dataclass
+class RemovalParams:
+    """``removal.<method>`` blocks, each checked against that method's own params dataclass.
+
+    Every registered method gets its settings (its defaults where params.yaml
+    has no block). Settings that live at the top level are filled in from
+    there and refused inside a block: WILD's ``beta`` (so ``-S beta=10``
+    reaches every WILD variant) and ``reconstruct`` (Laundering re-runs
+    Neural Cleanse with the reconstruct stage's settings).
+    """
+
+    settings: dict[str, Any] = field(default_factory=dict)  # method name -> its params dataclass
+
+    @classmethod
+    def parse(cls, raw: Any, shared: dict[str, Any]) -> RemovalParams:
+        """Validate ``removal`` as read from YAML; ``shared``: top-level values methods may take."""
+        from wmbench.removal import REMOVALS
+
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise ParamsError(f"removal must be a mapping of method names to settings, got {raw!r}")
+        for name in raw:
+            _check_name("removal", name, REMOVALS)
+        settings = {}
+        for name in REMOVALS.names():
+            block = raw.get(name) or {}
+            if not isinstance(block, dict):
+                raise ParamsError(f"removal.{name} must be a mapping of settings, got {block!r}")
+            params_type = REMOVALS.get(name).Params
+            fields = {f.name for f in dataclasses.fields(params_type)}
+            for key, value in shared.items():
+                if key in block:
+                    raise ParamsError(f"removal.{name}.{key}: `{key}` is a top-level key of params.yaml; set it there")
+                if key in fields:
+                    block = {**block, key: value}
+            settings[name] = _build_keeping(params_type, block, f"removal.{name}.", keep=set(shared))
+        return cls(settings)
+
+
+@dataclass
 class Params:
     """The whole of params.yaml."""
 
@@ -162,6 +201,8 @@ class Params:
     vanilla: VanillaParams = field(default_factory=VanillaParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     export: ExportParams = field(default_factory=ExportParams)
+    reconstruct: Any = None  # wmbench.reconstruct.NeuralCleanseParams, filled by parse_params
+    removal: RemovalParams = field(default_factory=RemovalParams)
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -188,10 +229,16 @@ def parse_params(raw: Any) -> Params:
     """Validate a params mapping (as read from YAML) into :class:`Params`."""
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml must be a mapping of keys to values")
+    from wmbench.reconstruct import NeuralCleanseParams
+
     raw = dict(raw)
     if isinstance(raw.get("watermark"), dict):
         raw["watermark"] = _split_scheme_options(raw["watermark"])
-    return _build(Params, raw, "")
+    reconstruct, removal = raw.pop("reconstruct", None) or {}, raw.pop("removal", None)
+    params = _build(Params, raw, "")
+    params.reconstruct = _build(NeuralCleanseParams, reconstruct, "reconstruct.")
+    params.removal = RemovalParams.parse(removal, {"beta": params.beta, "reconstruct": params.reconstruct})
+    return params
 
 
 def _split_scheme_options(section: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +266,19 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         if key not in names:
             raise ParamsError(_unknown(f"{where}{key}", key, names))
     kwargs = {name: _coerce(hints[name], raw[name], f"{where}{name}") for name in names if name in raw}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ParamsError:
+        raise
+    except ValueError as err:  # a part's own check, e.g. a removal method's settings
+        raise ParamsError(f"{where.rstrip('.') or 'params'}: {err}") from None
+
+
+def _build_keeping(cls: type, raw: dict[str, Any], where: str, keep: set[str]) -> Any:
+    """:func:`_build`, with the values of ``keep`` passed through already validated."""
+    kept = {key: raw[key] for key in keep if key in raw}
+    built = _build(cls, {key: value for key, value in raw.items() if key not in kept}, where)
+    return dataclasses.replace(built, **kept) if kept else built
 
 
 def _coerce(kind: Any, value: Any, key: str) -> Any:

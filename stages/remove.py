@@ -1,0 +1,68 @@
+"""Stage ``remove@<method>``: attack the watermarked model with the adversary's data only.
+
+The method is picked by name (``--method``, one of ``wmbench.removal.REMOVALS``);
+its settings are ``removal.<method>`` in params.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from wmbench.checkpoint import load_checkpoint, save_checkpoint
+from wmbench.evaluate import Evaluator
+from wmbench.files import write_csv_atomic, write_json_atomic
+from wmbench.params import Params
+from wmbench.prepared import Prepared, load_prepared
+from wmbench.removal import REMOVALS, RemovalData, RemovalResult, create_removal
+from wmbench.stage import Timer, run_stage, stage_parser, start
+
+
+def adversary_view(prepared: Prepared, params: Params, device: torch.device) -> RemovalData:
+    """The adversary's labelled subset and unlabeled images, plus the owner's yardstick for the curves."""
+    return RemovalData(
+        adversary=prepared.on("adversary", device),
+        unlabeled=prepared.on("owner", device).images,
+        evaluate=Evaluator(prepared.on("test", device), prepared.on("trigger", device)),
+        num_classes=prepared.num_classes,
+        seed=params.seed,
+    )
+
+
+def run_removal(method: str, params: Params, model: torch.nn.Module, data: RemovalData) -> RemovalResult:
+    """Seed, then let the method clean a copy of ``model``."""
+    torch.manual_seed(params.seed)
+    return create_removal(method, params.removal.settings[method]).remove(model, data)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--method", required=True, help=f"one of: {', '.join(REMOVALS.names())}")
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--model", default="models/watermarked.pt", help="the watermarked checkpoint")
+    parser.add_argument("--out", help="cleaned checkpoint (default models/removed/<method>.pt)")
+    parser.add_argument("--metrics", help="default metrics/remove/<method>.json")
+    parser.add_argument("--plot", help="per-epoch curve (default plots/remove/<method>.csv)")
+    args = parser.parse_args(argv)
+    REMOVALS.get(args.method)  # an unknown name fails before any work
+    params, device = start(args.params)
+    prepared = load_prepared(args.prepared)
+    watermarked = load_checkpoint(args.model)
+    timer = Timer()
+
+    data = adversary_view(prepared, params, device)
+    result = run_removal(args.method, params, watermarked.build_model().to(device), data)
+    final = data.evaluate(result.model)
+
+    meta = {**watermarked.meta, "role": "removed", "method": args.method, "seed": params.seed}
+    save_checkpoint(args.out or f"models/removed/{args.method}.pt", result.model, meta)
+    write_csv_atomic(args.plot or f"plots/remove/{args.method}.csv", result.history)
+    metrics = {**final, "time_s": timer.seconds, "seed": params.seed, "adversary_size": len(data.adversary),
+               **result.info}
+    write_json_atomic(args.metrics or f"metrics/remove/{args.method}.json", metrics)
+    print(f"remove@{args.method}: {metrics}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))
