@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--schemes", default="content,noise,unrelated", help="watermark.scheme values, comma-separated")
     parser.add_argument("--fractions", default="0.1,0.2,0.4", help="data.adversary_fraction values")
-    parser.add_argument("--methods", default="", help="removal.methods for every experiment (default: params.yaml's)")
+    parser.add_argument("--methods", default="", help="methods shown in the table (default: all; every method runs)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more -S settings")
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at once (dvc queue start -j)")
     parser.add_argument("--prefix", default="sweep", help="experiment name prefix; the table reads these only")
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table_only:
         schemes = [s for s in args.schemes.split(",") if s]
         fractions = [float(f) for f in args.fractions.split(",") if f]
-        methods = [m for m in args.methods.split(",") if m]
-        commands = queue_commands(schemes, fractions, methods, args.set, args.prefix)
+        commands = queue_commands(schemes, fractions, args.set, args.prefix)
         for command in commands:
             print(" ".join(command), flush=True)
             dvc(*command[1:])
@@ -69,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             print("some experiments failed; `dvc queue logs <name>` shows why", file=sys.stderr)
     wall = time.perf_counter() - start
 
-    rows = collect_rows(json.loads(dvc("exp", "show", "--json", capture=True)), prefix=args.prefix)
+    methods = [m for m in args.methods.split(",") if m]
+    rows = collect_rows(json.loads(dvc("exp", "show", "--json", capture=True)), prefix=args.prefix, methods=methods)
     table = markdown_table(rows)
     note = "" if args.table_only else f"\nSweep wall time: {wall:.0f} s with {args.jobs} job(s).\n"
     with atomic_path(args.out) as tmp:

@@ -91,23 +91,19 @@ def paper_references() -> dict[tuple[str, str], list[Reference]]:
 def queue_commands(
     schemes: Sequence[str],
     fractions: Sequence[float],
-    methods: Sequence[str] = (),
     extra: Sequence[str] = (),
     prefix: str = "sweep",
 ) -> list[list[str]]:
     """One ``dvc exp run --queue`` per (scheme, fraction); every method runs inside each experiment.
 
-    The methods are the ``remove@<method>`` stages of one experiment
-    (``removal.methods``), so the watermarked and clean models are trained once
-    per cell, not once per method. ``extra`` are more ``key=value`` settings.
+    The methods are the ``remove@<method>`` stages of one experiment, so the
+    watermarked and clean models are trained once per cell, not once per
+    method. ``extra`` are more ``key=value`` settings (e.g. ``removal.refit.lr=0.005``).
     """
     commands = []
     for scheme, fraction in itertools.product(schemes, fractions):
         name = f"{prefix}-{scheme}-{fraction:g}".replace(".", "p")
-        settings = [f"watermark.scheme={scheme}", f"data.adversary_fraction={fraction:g}"]
-        if methods:
-            settings.append(f"removal.methods=[{','.join(methods)}]")
-        settings += list(extra)
+        settings = [f"watermark.scheme={scheme}", f"data.adversary_fraction={fraction:g}", *extra]
         commands.append(["dvc", "exp", "run", "--queue", "--name", name, *_flags(settings)])
     return commands
 
@@ -129,12 +125,15 @@ class Row:
     verdicts: Mapping[str, Any]
 
 
-def collect_rows(exp_show: Sequence[Mapping[str, Any]], prefix: str | None = None) -> list[Row]:
+def collect_rows(
+    exp_show: Sequence[Mapping[str, Any]], prefix: str | None = None, methods: Sequence[str] = ()
+) -> list[Row]:
     """The rows of every experiment in ``dvc exp show --json`` output (optionally names starting ``prefix``).
 
     Per experiment: the clean-model threshold, the watermarked model and
-    every removal method in ``metrics/summary.json``; the clean models
-    themselves are summarised by the threshold. Failed or empty experiments are skipped.
+    every removal method in ``metrics/summary.json`` (only ``methods`` when
+    given); the clean models themselves are summarised by the threshold.
+    Failed or empty experiments are skipped.
     """
     rows = []
     for name, data in _experiments(exp_show):
@@ -149,6 +148,8 @@ def collect_rows(exp_show: Sequence[Mapping[str, Any]], prefix: str | None = Non
         rows.append(Row(name, scheme, fraction, "threshold", None, summary["threshold"], {}))
         for model, metrics in summary.items():
             if not isinstance(metrics, dict) or model.startswith("vanilla"):
+                continue
+            if methods and model != "watermarked" and model not in methods:
                 continue
             verdicts = {k: v for k, v in metrics.items() if k not in ("test_acc", "wm_acc", "test_acc_drop")}
             rows.append(Row(name, scheme, fraction, model, metrics["test_acc"], metrics["wm_acc"], verdicts))
