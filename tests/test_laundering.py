@@ -1,0 +1,189 @@
+"""Neural Network Laundering: Algorithm 1's reset rule, resets that last, and the watermark it removes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from stages.remove import adversary_view
+from tests.conftest import small_params
+from wmbench import reconstruct
+from wmbench.activations import UnitReset, find_layers, mean_activations
+from wmbench.models import ARCHS, create_model
+from wmbench.params import ParamsError, parse_params
+from wmbench.removal import create_removal
+from wmbench.removal.laundering import LaunderingParams, reset_excited_units
+
+CPU = torch.device("cpu")
+
+
+def laundering(params, steps: int = 80, **changes) -> LaunderingParams:
+    """The run's laundering settings, one round, with a short Neural Cleanse (still finds the content mark)."""
+    settings = params.removal.settings["laundering"]
+    cleanse = dataclasses.replace(settings.reconstruct, steps=steps, batch_size=16)
+    return dataclasses.replace(settings, reconstruct=cleanse, **{"rounds": 1, **changes})
+
+
+@pytest.fixture(scope="module")
+def laundered(watermarked):
+    """(data, original metrics, result) of one default-threshold round on the content-watermarked lenet."""
+    prepared, params, model, _ = watermarked
+    data = adversary_view(prepared, params, CPU)
+    torch.manual_seed(0)
+    result = create_removal("laundering", laundering(params)).remove(model, data)
+    return data, data.evaluate(model), result
+
+
+def tiny_network() -> nn.Module:
+    """conv 1x1 (channels scale the input by 1, -1, 2) -> ReLU -> dense (2 units) -> ReLU -> output.
+
+    Dense unit 0 is always 5 (bias only), unit 1 sums the conv outputs. On
+    all-zero images every activation is 0 but dense unit 0; on all-one 2x2
+    images the conv channel means are (1, 0, 2) and dense unit 1 is 4 + 8 = 12.
+    """
+    model = nn.Module()
+    model.features = nn.Sequential(nn.Conv2d(1, 3, 1), nn.ReLU())
+    model.classifier = nn.Sequential(nn.Flatten(), nn.Linear(12, 2), nn.ReLU(), nn.Linear(2, 2))
+    model.forward = lambda x: model.classifier(model.features(x))
+    with torch.no_grad():
+        conv, dense = model.features[0], model.classifier[1]
+        conv.weight.copy_(torch.tensor([1.0, -1.0, 2.0]).view(3, 1, 1, 1))
+        conv.bias.zero_()
+        dense.weight.zero_()
+        dense.weight[1] = 1.0
+        dense.bias.copy_(torch.tensor([5.0, 0.0]))
+    return model
+
+
+def test_algorithm1_resets_units_whose_activation_difference_exceeds_the_threshold():
+    model = tiny_network()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layers = find_layers(model)
+    clean, triggered = torch.zeros(4, 1, 2, 2), torch.ones(4, 1, 2, 2)
+    reset = UnitReset("zero")
+
+    count = reset_excited_units(model, layers, clean, triggered, dense_threshold=1.0, conv_threshold=1.5, reset=reset)
+
+    # conv differences (1, 0, 2) > 1.5: channel 2; dense differences (0, 12) > 1: unit 1.
+    # Dense unit 0 is strongly active on clean images (5 > DT) yet its difference is 0: kept.
+    assert count == 2
+    assert reset.counts() == {"features.0": 1, "classifier.1": 1}
+    state = model.state_dict()
+    assert torch.equal(state["features.0.weight"].flatten(), torch.tensor([1.0, -1.0, 0.0]))
+    assert torch.equal(state["classifier.1.weight"][1], torch.zeros(12))
+    assert torch.equal(state["classifier.1.weight"][0], before["classifier.1.weight"][0])
+    assert state["classifier.1.bias"].tolist() == [5.0, 0.0]
+    assert torch.equal(state["classifier.3.weight"], before["classifier.3.weight"]), "the output layer was reset"
+
+
+def test_algorithm1_with_negative_thresholds_resets_every_hidden_unit_but_never_the_output_layer():
+    model = tiny_network()
+    output = model.classifier[3].weight.clone()
+    reset = UnitReset("zero")
+    count = reset_excited_units(model, find_layers(model), torch.zeros(4, 1, 2, 2), torch.ones(4, 1, 2, 2),
+                                dense_threshold=-1.0, conv_threshold=-1.0, reset=reset)
+    assert count == 3 + 2
+    assert torch.equal(model.classifier[3].weight, output)
+
+
+def test_infinite_thresholds_reset_nothing(watermarked):
+    prepared, _, model, _ = watermarked
+    copy = type(model)(**prepared.arch_kwargs())
+    copy.load_state_dict(model.state_dict())
+    images = prepared.on("adversary", CPU).images
+    reset = UnitReset("zero")
+    count = reset_excited_units(copy, find_layers(copy), images, 1 - images, math.inf, math.inf, reset)
+    assert count == 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in copy.state_dict().items())
+
+
+def test_median_reset_sets_units_to_the_layer_median_weight():
+    model = tiny_network()
+    median = float(model.classifier[1].weight.detach().median())
+    reset = UnitReset("median")
+    reset_excited_units(model, find_layers(model), torch.zeros(4, 1, 2, 2), torch.ones(4, 1, 2, 2),
+                        dense_threshold=1.0, conv_threshold=math.inf, reset=reset)
+    assert torch.all(model.classifier[1].weight[1] == median) and model.classifier[1].bias[1] == median
+
+
+def test_laundering_lowers_watermark_accuracy_and_keeps_test_accuracy(laundered):
+    _, original, result = laundered
+    final = result.history[-1]
+    assert original["wm_acc"] >= 0.9
+    assert final["wm_acc"] <= original["wm_acc"] - 0.5, (original, final)
+    assert final["test_acc"] >= original["test_acc"] - 0.05, (original, final)
+    assert result.info["units_reset_total"] > 0
+    assert {"round", "epoch", "loss", "lr", "test_acc", "wm_acc", "units_reset"} <= set(final)
+
+
+def test_reset_units_stay_zero_after_retraining(laundered):
+    _, _, result = laundered
+    layers = find_layers(result.model)
+    dead = {}
+    for layer in layers:
+        rows = layer.module.weight.detach().flatten(1).abs().sum(1) + layer.module.bias.detach().abs()
+        dead[layer.name] = int((rows == 0).sum())
+    assert dead == {layer.name: result.info[f"units_reset_{layer.name.replace('.', '_')}"] for layer in layers}
+    assert sum(dead.values()) == result.info["units_reset_total"] > 0
+
+
+def test_same_seed_same_result(watermarked):
+    prepared, params, model, _ = watermarked
+    runs = []
+    for _ in range(2):
+        data = adversary_view(prepared, params, CPU)
+        settings = laundering(params, steps=10, epochs=1)
+        runs.append(create_removal("laundering", settings).remove(model, data))
+    assert runs[0].history == runs[1].history and runs[0].info == runs[1].info
+    assert all(torch.equal(v, runs[1].model.state_dict()[k]) for k, v in runs[0].model.state_dict().items())
+
+
+def test_laundering_stops_when_the_first_most_likely_class_becomes_least_likely(watermarked, monkeypatch):
+    prepared, params, model, _ = watermarked
+    data = adversary_view(prepared, params, CPU)
+
+    def same_class(l1, threshold=2.0):
+        return reconstruct.AnomalyReport(torch.zeros_like(l1), [], most_likely=3, least_likely=3)
+
+    monkeypatch.setattr(reconstruct, "mad_anomaly", same_class)
+    settings = laundering(params, steps=5)
+    result = create_removal("laundering", settings).remove(model, data)
+    assert result.info["stopped_early_round"] == 1 and result.history == []
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in result.model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ARCHS.names())
+def test_layer_discovery_measures_and_resets_every_architecture(arch):
+    torch.manual_seed(0)
+    size = 16
+    model = create_model(arch, in_channels=3 if arch in ("zhang_cifar", "vgg16", "resnet18") else 1,
+                         image_size=size, num_classes=10).eval()
+    images = torch.rand(4, model.features[0].in_channels, size, size)
+    layers = find_layers(model)
+    convs_and_denses = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    assert [layer.module for layer in layers] == convs_and_denses[:-1]
+    means = mean_activations(model, layers, images)
+    assert [len(m) for m in means] == [layer.units for layer in layers]
+    half = find_layers(model, "second_half")
+    assert [layer.name for layer in half] == [layer.name for layer in layers[len(layers) // 2 :]]
+
+    # zeroing one unit of every layer makes that unit's measured activation 0
+    reset = UnitReset("zero")
+    reset.add(layers, [torch.arange(layer.units) == 0 for layer in layers])
+    for layer, mean in zip(layers, mean_activations(model, layers, images), strict=True):
+        assert mean[0] == 0, layer.name
+
+
+def test_params_are_checked():
+    with pytest.raises(ValueError, match="rounds=0"):
+        LaunderingParams(rounds=0)
+    with pytest.raises(ParamsError, match="removal.laundering.layers"):
+        parse_params(small_params(**{"removal": {"laundering": {"layers": "first_half"}}}))
+    parsed = parse_params(small_params(**{"removal": {"laundering": {"dense_threshold": float("inf"), "rounds": 2}}}))
+    settings = parsed.removal.settings["laundering"]
+    assert settings.rounds == 2 and settings.dense_threshold == math.inf
+    assert settings.reconstruct == parsed.reconstruct
