@@ -78,14 +78,18 @@ def watermark_examples(
 def reconstruction(folder: Path, metrics: Path) -> tuple[np.ndarray | None, np.ndarray | None, dict[int, float], Any]:
     """Masks (K, H, W), patterns (K, C, H, W), anomaly index per class, flagged class.
 
-    Reads ``metrics/reconstruct.json`` (``anomaly_<k>``, and a ``flagged...``
-    class if present) and the ``.npz`` files under ``folder``: either arrays
+    Reads ``metrics/reconstruct.json`` (``anomaly_<k>``, and the flagged
+    class: ``most_likely`` when the ``flagged`` list is not empty, or an int
+    ``flagged``) and the ``.npz`` files under ``folder``: either arrays
     ``masks`` / ``patterns`` with a leading class axis, or one file per class
     (class number in the file name) holding ``mask`` / ``pattern``.
     """
     scores = read_json(metrics) if metrics.is_file() else {}
     anomaly = {int(m[1]): float(v) for k, v in scores.items() if (m := re.fullmatch(r"anomaly_(\d+)", k))}
-    flagged = next((v for k, v in scores.items() if k.startswith("flagged") and isinstance(v, int)), None)
+    flagged = scores.get("flagged")
+    if isinstance(flagged, list):
+        flagged = scores.get("most_likely") if flagged else None
+    flagged = flagged if isinstance(flagged, int) and not isinstance(flagged, bool) else None
     files = sorted(folder.glob("*.npz")) if folder.is_dir() else []
     masks: dict[int, np.ndarray] = {}
     patterns: dict[int, np.ndarray] = {}

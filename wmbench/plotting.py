@@ -56,7 +56,7 @@ def plot_removal_curves(
     """
     title = "Removal: test accuracy and watermark retention per epoch"
     if not curves:
-        _placeholder(path, title, "No removal method has run yet:\nrun `dvc repro` with removal.methods set.")
+        _placeholder(path, title, "No removal method has run yet:\nrun `dvc repro` (stages remove@<method>).")
         return
     columns = min(3, len(curves))
     rows = math.ceil(len(curves) / columns)
