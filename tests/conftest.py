@@ -36,6 +36,16 @@ def write_params(folder: Path, **overrides: Any) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: these tiny models run no faster on two cores, and far slower when
+    another process shares them (spinning thread pools stall each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The digits dataset; checked afterwards not to have been changed in place."""
@@ -65,7 +75,6 @@ def watermarked(prepared_dir):
     from wmbench.params import load_params
     from wmbench.prepared import load_prepared
 
-    torch.set_num_threads(2)
     params = load_params(prepared_dir / "params.yaml")
     prepared = load_prepared(prepared_dir / "prepared")
     model, history = train_model(prepared, params, torch.device("cpu"), seed=0, watermark=True)

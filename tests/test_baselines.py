@@ -20,15 +20,6 @@ from wmbench.removal.prune import PruneParams
 BASELINES = ["finetune", "rtal", "fineprune", "prune", "scratch"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(watermarked):
-    """One intra-op thread here: several test runs share the cores, and spinning thread pools stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def view(watermarked) -> RemovalData:
     prepared, params, _, _ = watermarked

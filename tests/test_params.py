@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import yaml
 
@@ -26,11 +28,28 @@ def test_project_params_file_is_valid():
         ({"watermark": {"content": {"txt": "A"}}}, r"unknown key 'watermark.content.txt'; did you mean 'text'"),
         ({"watermark": {"noise": {"std": "big"}}}, r"watermark.noise.std='big' is a str; expected float"),
         ({"device": "gpu"}, r"device='gpu'; valid: auto, cpu, cuda, cuda:N"),
+        ({"reconstruct": {"step": 3}}, r"unknown key 'reconstruct.step'; did you mean 'steps'\?"),
+        ({"removal": {"refit": {"lr": "0.1"}}}, r"removal.refit.lr='0.1' is a str; expected float"),
+        ({"removal": {"prune": {"ratio": 1.0}}}, r"removal.prune: ratio=1.0 is outside \[0, 1\)"),
+        ({"removal": {"laundering": {"reconstruct": {}}}}, r"`reconstruct` is a top-level key"),
     ],
 )
 def test_bad_param_fails_naming_key_and_fix(overrides, message):
     with pytest.raises(ParamsError, match=message):
         parse_params(overrides)
+
+
+def test_params_file_repeats_the_documented_defaults():
+    """params.yaml lists every key (so `dvc exp run -S` can set it) with the dataclasses' defaults."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    defaults = parse_params({"watermark": {"scheme": raw["watermark"]["scheme"]}})
+    written = load_params(ROOT / "params.yaml")
+    assert written.reconstruct == defaults.reconstruct
+    assert written.removal == defaults.removal
+    for name, settings in written.removal.settings.items():
+        listed = set(raw["removal"][name]) | {"beta", "reconstruct"}
+        missing = {f.name for f in dataclasses.fields(settings)} - listed
+        assert not missing, f"params.yaml lacks removal.{name}.{sorted(missing)}"
 
 
 def test_params_file_with_bad_yaml_fails_clearly(tmp_path):

@@ -1,0 +1,112 @@
+"""Every registered removal method, through the shared interface and the ``remove`` stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages import remove
+from stages.remove import adversary_view
+from tests.conftest import ROOT, small_params, write_params
+from wmbench.checkpoint import save_checkpoint
+from wmbench.params import ParamsError, parse_params
+from wmbench.prepared import save_prepared
+from wmbench.removal import REMOVALS, create_removal
+from wmbench.stage import run_stage
+
+QUICK = {"epochs": 1, "rounds": 1, "steps": 20, "pretrain_epochs": 1}  # whichever fields a method has
+
+
+def quick(settings):
+    """``settings`` cut to one short epoch / round, nested settings too."""
+    changes = {}
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if field.name in QUICK:
+            changes[field.name] = QUICK[field.name]
+        elif dataclasses.is_dataclass(value):
+            changes[field.name] = quick(value)
+    return dataclasses.replace(settings, **changes)
+
+
+@pytest.mark.parametrize("name", REMOVALS.names())
+def test_method_returns_a_new_model_of_the_same_architecture(name, watermarked):
+    prepared, params, model, _ = watermarked
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = adversary_view(prepared, params, torch.device("cpu"))
+    result = create_removal(name, quick(params.removal.settings[name])).remove(model, data)
+    assert type(result.model) is type(model)
+    assert result.model is not model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the input model changed"
+    assert result.history and {"epoch", "test_acc", "wm_acc"} <= set(result.history[-1])
+    assert all(0 <= r["test_acc"] <= 1 and 0 <= r["wm_acc"] <= 1 for r in result.history)
+    assert all("." not in key for key in result.info)
+
+
+def test_unknown_removal_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown removal method 'finetun'; valid: .*finetune"):
+        create_removal("finetun")
+
+
+def test_unknown_removal_block_and_key_name_the_fix():
+    with pytest.raises(ParamsError, match=r"removal='wild_cee' is unknown; did you mean 'wild_ce'"):
+        parse_params(small_params(**{"removal": {"wild_cee": {}}}))
+    name = REMOVALS.names()[0]
+    with pytest.raises(ParamsError, match=rf"unknown key 'removal.{name}.epoch'; did you mean 'epochs'"):
+        parse_params(small_params(**{"removal": {name: {"epoch": 3}}}))
+
+
+def test_beta_is_only_set_at_the_top_level():
+    params = parse_params(small_params(beta=7.0))
+    wild = [name for name in REMOVALS.names() if hasattr(params.removal.settings[name], "beta")]
+    assert wild and all(params.removal.settings[name].beta == 7.0 for name in wild)
+    with pytest.raises(ParamsError, match="`beta` is a top-level key"):
+        parse_params(small_params(**{"removal": {wild[0]: {"beta": 2.0}}}))
+
+
+def test_remove_stage_writes_checkpoint_metrics_and_curve(watermarked, tmp_path):
+    prepared, _, model, _ = watermarked
+    params = write_params(tmp_path, **{"removal.finetune.epochs": 2})
+    prep = tmp_path / "prepared"
+    save_prepared(prep, prepared)
+    save_checkpoint(tmp_path / "watermarked.pt", model, {"arch": "lenet", "arch_kwargs": prepared.arch_kwargs()})
+    code = run_stage(remove.main, ["--params", str(params), "--method", "finetune", "--prepared", str(prep),
+                                   "--model", str(tmp_path / "watermarked.pt"), "--out", str(tmp_path / "ft.pt"),
+                                   "--metrics", str(tmp_path / "ft.json"), "--plot", str(tmp_path / "ft.csv")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "ft.json").read_text())
+    assert {"test_acc", "wm_acc", "time_s", "seed", "adversary_size"} <= set(metrics)
+    assert len((tmp_path / "ft.csv").read_text().splitlines()) == 1 + 2
+    assert (tmp_path / "ft.pt").is_file()
+
+
+def test_remove_stage_refuses_an_unknown_method_before_work(tmp_path, capsys):
+    params = write_params(tmp_path)
+    code = run_stage(remove.main, ["--params", str(params), "--method", "launder", "--prepared", str(tmp_path)])
+    assert code == 2
+    assert "unknown removal method 'launder'; valid:" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("dvc") is None and not (Path(ROOT) / ".venv/bin/dvc").exists(), reason="no dvc")
+def test_setting_beta_reruns_only_the_wild_stages(tmp_path):
+    """``dvc exp run -S beta=10``: ``dvc status`` names beta as changed for the WILD stages only."""
+    for name in ("dvc.yaml", "params.yaml", "dvc.lock"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    env = {"DVC_NO_ANALYTICS": "1", "PATH": f"{ROOT / '.venv/bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    run = lambda *args: subprocess.run(args, cwd=tmp_path, env=env, check=True, capture_output=True, text=True)  # noqa: E731
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    params = (tmp_path / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(params.replace("\nbeta: ", "\nbeta: 10 #", 1))
+    status = json.loads(run("dvc", "status", "--json").stdout)
+    reading_beta = sorted(
+        stage for stage, changes in status.items()
+        if any("beta" in json.dumps(change) for change in changes)
+    )
+    assert reading_beta == ["remove@wild_ce", "remove@wild_dn", "remove@wild_js"]
