@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 
 def check() -> list[str]:
     problems = []
@@ -23,6 +25,23 @@ def check() -> list[str]:
     for name, row in summary.items():
         if isinstance(row, dict) and not (0 <= row["test_acc"] <= 1 and 0 <= row["wm_acc"] <= 1):
             problems.append(f"{name}: accuracies out of [0, 1]: {row}")
+    methods = yaml.safe_load(Path("dvc.yaml").read_text())["vars"][0]["removal_reads"]
+    for method in methods:
+        path = Path(f"metrics/remove/{method}.json")
+        if not path.is_file() or method not in summary:
+            problems.append(f"remove@{method}: {path} or its row in summary.json is missing")
+            continue
+        if "useful" not in summary[method]:
+            problems.append(f"{method}: no `useful` verdict although a scratch model exists")
+    if {"laundering", "scratch"} <= set(summary):
+        if not summary["laundering"]["wm_acc"] < 0.5 * embed["wm_acc"]:
+            problems.append(f"laundering left wm_acc at {summary['laundering']['wm_acc']}")
+        if not 0.5 < summary["scratch"]["test_acc"] < embed["test_acc"] + 0.05:
+            problems.append(f"scratch baseline test_acc {summary['scratch']['test_acc']} is not plausible")
+    reconstruct = json.loads(Path("metrics/reconstruct.json").read_text())
+    classes = [key for key in reconstruct if key.startswith("anomaly_")]
+    if len(classes) < 2 or min(reconstruct[key] for key in classes) < 0:
+        problems.append(f"reconstruct.json: anomaly indices missing or negative: {classes}")
     return problems
 
 
