@@ -170,7 +170,12 @@ class RemovalParams:
         if not isinstance(raw, dict):
             raise ParamsError(f"removal must be a mapping of method names to settings, got {raw!r}")
         for name in raw:
-            _check_name("removal", name, REMOVALS)
+            if name not in REMOVALS:
+                close = difflib.get_close_matches(str(name), REMOVALS.names(), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ParamsError(
+                    f"removal.{name}: {name!r} is not a removal method{hint} (valid: {', '.join(REMOVALS.names())})"
+                )
         settings = {}
         for name in REMOVALS.names():
             block = raw.get(name) or {}
