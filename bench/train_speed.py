@@ -3,16 +3,23 @@
 The reference is what most code does: a torchvision ``Dataset`` of PIL images with
 a per-sample ``ToTensor`` transform, a ``DataLoader``, fp32. Both train the same
 architecture on the same images for the same number of steps in one run, so the
-ratio is meaningful on a noisy machine. Also reports FLOPs per image (forward,
-``torch.utils.flop_counter``), achieved GFLOP/s (training = 3x forward) and peak memory.
+ratio is meaningful on a noisy machine. ``--precision fp32 bf16`` and
+``--channels-last`` add runs of our loop with bf16 autocast and / or
+channels-last layout (``wmbench.precision``), each against the same fp32
+reference. Also reports FLOPs per image (forward, ``torch.utils.flop_counter``),
+achieved GFLOP/s (training = 3x forward), its share of ``--peak-tflops`` and
+peak memory (CUDA: per run; CPU: the process's RSS so far, which only grows).
 
     python -m bench.train_speed                      # CPU, MNIST-size models
     python -m bench.train_speed --device cuda --arch vgg16 --image-size 32 --channels 3
+    python -m bench.train_speed --device cuda --arch vgg16 resnet18 --image-size 32 --channels 3 \
+        --precision fp32 bf16 --channels-last --peak-tflops 989   # H100 SXM dense bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import time
 
@@ -21,6 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from wmbench.models import create_model
+from wmbench.precision import autocast, channels_last_model
 from wmbench.training import DeviceData, fit, make_optimizer
 
 
@@ -37,14 +45,22 @@ def flops_per_image(model: torch.nn.Module, channels: int, size: int) -> int:
     return counter.get_total_flops()
 
 
-def ours(model, images, labels, device, batch_size, epochs) -> float:
-    """Seconds for ``epochs`` of :func:`wmbench.training.fit` (data moved to the device once)."""
+def ours(model, images, labels, device, batch_size, epochs, precision="fp32", channels_last=False) -> float:
+    """Seconds for ``epochs`` of :func:`wmbench.training.fit` (data moved to the device once).
+
+    ``precision`` and ``channels_last`` as the stages apply them: autocast
+    around the work, model and images in channels-last layout.
+    """
     data = DeviceData.from_arrays(images, labels, device)
+    if channels_last:
+        data = DeviceData(data.images.contiguous(memory_format=torch.channels_last), data.labels)
+    model = channels_last_model(model, channels_last)
     optimizer = make_optimizer("rmsprop", model.parameters(), 1e-3)
     _sync(device)
     start = time.perf_counter()
-    fit(model, data, optimizer, epochs=epochs, batch_size=batch_size,
-        generator=torch.Generator(device=device).manual_seed(0))
+    with autocast(precision, device):
+        fit(model, data, optimizer, epochs=epochs, batch_size=batch_size,
+            generator=torch.Generator(device=device).manual_seed(0))
     _sync(device)
     return time.perf_counter() - start
 
@@ -87,6 +103,34 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mib(device: torch.device) -> float:
+    """CUDA: the largest allocation since the last reset; CPU: the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def table_row(
+    arch: str, flops: int, work: int, peak_tflops: float | None, device: torch.device,
+    run: str, seconds: float, t_ref: float,
+) -> str:
+    """One markdown row: throughput, speed-up over the reference, achieved FLOP/s and its share of the peak."""
+    achieved = 3 * flops * work / seconds
+    share = f"{100 * achieved / (peak_tflops * 1e12):.2f}" if peak_tflops else "-"
+    return (f"| {arch} | {flops / 1e6:.2f} | {run} | {work / seconds:,.0f} | {t_ref / seconds:.2f} | "
+            f"{achieved / 1e9:.2f} | {share} | {_peak_mib(device):,.0f} |")
+
+
+def variants(precisions: list[str], channels_last: bool) -> list[tuple[str, bool]]:
+    """(precision, channels_last) runs of our loop: each precision, plain and, if asked, channels-last."""
+    return [(p, c) for p in precisions for c in ((False, True) if channels_last else (False,))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -96,26 +140,33 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8192)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                        help="our loop's precisions to run (default fp32)")
+    parser.add_argument("--channels-last", action="store_true", help="also run each precision channels-last")
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak, for the achieved share (H100: 989 bf16)")
     args = parser.parse_args()
     device = torch.device(args.device)
     images, labels = synthetic_uint8(args.images, args.channels, args.image_size)
     work = args.images * args.epochs
     print(f"device {device}, {torch.get_num_threads()} threads, {args.images} images x {args.epochs} epochs, "
           f"batch {args.batch_size}")
-    print("| arch | MFLOP/img (fwd) | ours img/s | reference img/s | ratio | ours GFLOP/s | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
+    memory = "peak CUDA MiB" if device.type == "cuda" else "peak RSS MiB"
+    print(f"| arch | MFLOP/img (fwd) | run | img/s | vs reference | GFLOP/s | % of peak | {memory} |")
+    print("|---|---|---|---|---|---|---|---|")
     for arch in args.arch:
         build = {"in_channels": args.channels, "image_size": args.image_size, "num_classes": 10}
         flops = flops_per_image(create_model(arch, **build), args.channels, args.image_size)
+        row = functools.partial(table_row, arch, flops, work, args.peak_tflops, device)
         torch.manual_seed(0)
-        t_ours = ours(create_model(arch, **build).to(device), images, labels, device, args.batch_size, args.epochs)
-        torch.manual_seed(0)
+        _reset_peak(device)
         t_ref = reference(create_model(arch, **build).to(device), images, labels, device, args.batch_size, args.epochs)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated() / 2**20
-        print(f"| {arch} | {flops / 1e6:.2f} | {work / t_ours:,.0f} | {work / t_ref:,.0f} | {t_ref / t_ours:.2f} | "
-              f"{3 * flops * work / t_ours / 1e9:.2f} | {peak:,.0f} |")
+        print(row("reference (DataLoader, fp32)", t_ref, t_ref))
+        for precision, channels_last in variants(args.precision, args.channels_last):
+            torch.manual_seed(0)
+            _reset_peak(device)
+            t_ours = ours(create_model(arch, **build).to(device), images, labels, device, args.batch_size,
+                          args.epochs, precision, channels_last)
+            print(row(f"ours {precision}{', channels-last' if channels_last else ''}", t_ours, t_ref))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from wmbench.evaluate import Evaluator
 from wmbench.files import write_csv_atomic, write_json_atomic
 from wmbench.models import create_model
 from wmbench.params import Params
+from wmbench.precision import autocast, channels_last_model, channels_last_prepared
 from wmbench.prepared import Prepared, load_prepared
 from wmbench.seeding import generator
 from wmbench.stage import Timer, run_stage, stage_parser, start
@@ -26,9 +27,12 @@ def train_model(
     ``watermark.embedding: pretrained`` is Adi et al.'s PT variant: clean
     training for ``train.pretrain_epochs``, then ``train.epochs`` with the
     watermark samples; ``scratch`` (FS) mixes them in from the first epoch.
+    The model is built channels-last when ``params.channels_last`` asks; the
+    caller enters the precision (:func:`wmbench.precision.autocast`).
     """
     torch.manual_seed(seed)
-    model = create_model(params.model.arch, **prepared.arch_kwargs()).to(device)
+    model = channels_last_model(create_model(params.model.arch, **prepared.arch_kwargs()).to(device),
+                                params.channels_last)
     owner = prepared.on("owner", device)
     evaluate = Evaluator(prepared.on("test", device), prepared.on("trigger", device))
     batches = generator(seed, "train-batches", device)
@@ -60,7 +64,7 @@ def import_model(prepared: Prepared, params: Params, device: torch.device) -> nn
     """
     model = create_model(params.model.arch, **prepared.arch_kwargs())
     load_weights(model, load_state_dict(params.model.checkpoint), source=params.model.checkpoint)
-    return model.to(device)
+    return channels_last_model(model.to(device), params.channels_last)
 
 
 def checkpoint_meta(prepared: Prepared, params: Params, seed: int, role: str) -> dict:
@@ -83,14 +87,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plot", default="plots/embed.csv")
     args = parser.parse_args(argv)
     params, device = start(args.params)
-    prepared = load_prepared(args.prepared)
+    prepared = channels_last_prepared(load_prepared(args.prepared), params.channels_last)
     timer = Timer()
 
-    if params.model.checkpoint:
-        model = import_model(prepared, params, device)
-        history = [{"epoch": 0, **Evaluator(prepared.on("test", device), prepared.on("trigger", device))(model)}]
-    else:
-        model, history = train_model(prepared, params, device, seed=params.seed, watermark=True)
+    with autocast(params.precision, device):
+        if params.model.checkpoint:
+            model = import_model(prepared, params, device)
+            history = [{"epoch": 0, **Evaluator(prepared.on("test", device), prepared.on("trigger", device))(model)}]
+        else:
+            model, history = train_model(prepared, params, device, seed=params.seed, watermark=True)
     final = history[-1]
     meta = checkpoint_meta(prepared, params, params.seed, "watermarked")
     if params.model.checkpoint:

@@ -12,6 +12,7 @@ from pathlib import Path
 from wmbench.checkpoint import load_checkpoint
 from wmbench.evaluate import Evaluator, null_rate, verdicts
 from wmbench.files import read_json, write_csv_atomic, write_json_atomic
+from wmbench.precision import autocast, channels_last_model, channels_last_prepared
 from wmbench.prepared import load_prepared
 from wmbench.stage import Timer, run_stage, stage_parser, start
 
@@ -33,15 +34,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plot", default="plots/summary.csv")
     args = parser.parse_args(argv)
     params, device = start(args.params)
-    prepared = load_prepared(args.prepared)
+    prepared = channels_last_prepared(load_prepared(args.prepared), params.channels_last)
     threshold = read_json(args.vanilla)["threshold"]
     timer = Timer()
 
     evaluator = Evaluator(prepared.on("test", device), prepared.on("trigger", device))
-    scores = {
-        name: evaluator(load_checkpoint(path).build_model().to(device))
-        for name, path in find_models(Path(args.models)).items()
-    }
+    with autocast(params.precision, device):
+        scores = {
+            name: evaluator(channels_last_model(load_checkpoint(path).build_model().to(device), params.channels_last))
+            for name, path in find_models(Path(args.models)).items()
+        }
     trigger_size = len(evaluator.trigger)
     table = verdicts(scores, threshold=threshold, trigger_size=trigger_size, alpha=params.evaluate.alpha)
     write_csv_atomic(args.plot, [{"model": name, **row} for name, row in table.items()])

@@ -21,6 +21,7 @@ from wmbench.checkpoint import load_checkpoint
 from wmbench.files import save_arrays_atomic, write_json_atomic
 from wmbench.params import Params
 from wmbench.plotting import save_figure
+from wmbench.precision import autocast, channels_last_model, channels_last_prepared
 from wmbench.prepared import load_prepared
 from wmbench.reconstruct import AnomalyReport, Reconstruction, mad_anomaly, neural_cleanse
 from wmbench.seeding import generator
@@ -105,12 +106,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", default="metrics/reconstruct.json")
     args = parser.parse_args(argv)
     params, device = start(args.params)
-    prepared = load_prepared(args.prepared)
-    model = load_checkpoint(args.model).build_model().to(device)
+    prepared = channels_last_prepared(load_prepared(args.prepared), params.channels_last)
+    model = channels_last_model(load_checkpoint(args.model).build_model().to(device), params.channels_last)
     images = prepared.on("adversary", device).images
     timer = Timer()
 
-    found, report = reconstruct(model, images, params, device)
+    with autocast(params.precision, device):
+        found, report = reconstruct(model, images, params, device)
     metrics = {**trigger_metrics(found, report, params.watermark.target), "time_s": timer.seconds,
                "seed": params.seed}
 

@@ -14,6 +14,7 @@ from wmbench.checkpoint import load_checkpoint, save_checkpoint
 from wmbench.evaluate import Evaluator
 from wmbench.files import write_csv_atomic, write_json_atomic
 from wmbench.params import Params
+from wmbench.precision import autocast, channels_last_model, channels_last_prepared
 from wmbench.prepared import Prepared, load_prepared
 from wmbench.removal import REMOVALS, RemovalData, RemovalResult, create_removal
 from wmbench.stage import Timer, run_stage, stage_parser, start
@@ -47,13 +48,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     REMOVALS.get(args.method)  # an unknown name fails before any work
     params, device = start(args.params)
-    prepared = load_prepared(args.prepared)
+    prepared = channels_last_prepared(load_prepared(args.prepared), params.channels_last)
     watermarked = load_checkpoint(args.model)
     timer = Timer()
 
     data = adversary_view(prepared, params, device)
-    result = run_removal(args.method, params, watermarked.build_model().to(device), data)
-    final = data.evaluate(result.model)
+    model = channels_last_model(watermarked.build_model().to(device), params.channels_last)
+    with autocast(params.precision, device):
+        result = run_removal(args.method, params, model, data)
+        final = data.evaluate(result.model)
 
     meta = {**watermarked.meta, "role": "removed", "method": args.method, "seed": params.seed}
     save_checkpoint(args.out or f"models/removed/{args.method}.pt", result.model, meta)

@@ -14,6 +14,7 @@ from stages.embed import checkpoint_meta, train_model
 from wmbench.checkpoint import save_checkpoint
 from wmbench.evaluate import calibrate_threshold
 from wmbench.files import write_csv_atomic, write_json_atomic
+from wmbench.precision import autocast, channels_last_prepared
 from wmbench.prepared import load_prepared
 from wmbench.stage import Timer, run_stage, stage_parser, start
 
@@ -26,13 +27,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plot", default="plots/vanilla.csv")
     args = parser.parse_args(argv)
     params, device = start(args.params)
-    prepared = load_prepared(args.prepared)
+    prepared = channels_last_prepared(load_prepared(args.prepared), params.channels_last)
     timer = Timer()
 
     seeds = [params.seed + k for k in range(1, params.vanilla.seeds + 1)]
     rows, finals = [], {}
     for seed in seeds:
-        model, history = train_model(prepared, params, device, seed=seed, watermark=False)
+        with autocast(params.precision, device):
+            model, history = train_model(prepared, params, device, seed=seed, watermark=False)
         save_checkpoint(Path(args.models) / f"seed{seed}.pt", model, checkpoint_meta(prepared, params, seed, "vanilla"))
         rows += [{"seed": seed, **record} for record in history]
         finals[seed] = history[-1]

@@ -55,7 +55,8 @@ def test_unknown_removal_lists_valid_names():
 
 
 def test_unknown_removal_block_and_key_name_the_fix():
-    with pytest.raises(ParamsError, match=r"removal.wild_cee: 'wild_cee' is not a removal method; did you mean 'wild_ce'"):
+    message = r"removal.wild_cee: 'wild_cee' is not a removal method; did you mean 'wild_ce'"
+    with pytest.raises(ParamsError, match=message):
         parse_params(small_params(**{"removal": {"wild_cee": {}}}))
     name = REMOVALS.names()[0]
     with pytest.raises(ParamsError, match=rf"unknown key 'removal.{name}.epoch'; did you mean 'epochs'"):

@@ -198,6 +198,8 @@ class Params:
 
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward passes to bfloat16 (recent GPUs)
+    channels_last: bool = False  # conv weights and image batches in channels-last layout (recent GPUs)
     beta: float = 1.0  # WILD's alignment weight (Eq. 2); top level for `-S beta=...`
     data: DataParams = field(default_factory=DataParams)
     watermark: WatermarkParams = field(default_factory=WatermarkParams)

@@ -12,6 +12,7 @@ import torch
 
 from wmbench.device import resolve_device
 from wmbench.params import Params, ParamsError, load_params
+from wmbench.precision import check_supported
 from wmbench.seeding import seed_everything
 
 
@@ -23,10 +24,12 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
 
 
 def start(params_path: str) -> tuple[Params, torch.device]:
-    """Validate params, seed everything, pick the device: all before any work starts."""
+    """Validate params, seed everything, pick the device and check it runs ``precision``: all before any work."""
     params = load_params(params_path)
     seed_everything(params.seed)
-    return params, resolve_device(params.device)
+    device = resolve_device(params.device)
+    check_supported(params.precision, device)
+    return params, device
 
 
 def run_stage(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:

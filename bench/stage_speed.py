@@ -1,0 +1,178 @@
+"""Time and memory of every pipeline stage, each in its own process, on a fresh copy of the pipeline.
+
+Runs ``prepare``, ``embed``, ``vanilla``, ``reconstruct``, every
+``remove@<method>``, ``evaluate`` and ``export`` in a temporary folder with
+the project's params.yaml (device, precision and channels_last set from the
+command line) and the commands ``dvc.yaml`` wires, but without DVC: each
+stage's ``main()`` runs in a child process of this script, so the peak
+memory is that stage's alone. Prints a markdown table:
+
+- seconds: ``main()`` alone; "process s" adds interpreter start-up and imports.
+- images/s: images through the model per second of ``main()``, training passes
+  only (per-epoch evaluation, Neural Cleanse inside laundering and the
+  pruning searches are not counted): embed (owner + watermark samples) x
+  epochs; vanilla owner x epochs x seeds; remove the adversary's images x
+  training epochs, x (1 + copies) for WILD (clean + erased in one forward);
+  reconstruct steps x batch x classes (an upper bound: stopped classes leave
+  the batch); evaluate (test + trigger) x models. prepare and export: none.
+- peak RSS: the child's ``ru_maxrss``; on CUDA also ``torch.cuda.max_memory_allocated``.
+
+    python -m bench.stage_speed                              # CPU, fp32
+    python -m bench.stage_speed --device cuda --precision bf16 --channels-last
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("prepare", "embed", "vanilla", "reconstruct", "remove", "evaluate", "export")
+
+
+def stage_commands(dvc_yaml: Path, methods: list[str]) -> dict[str, list[str]]:
+    """Stage name -> argv after ``python -m``, as ``dvc.yaml`` wires them (``remove`` once per method)."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    commands = {}
+    for name in STAGES:
+        if name == "remove":
+            template = stages[name]["do"]["cmd"]
+            commands.update({f"remove@{m}": _module_argv(template.replace("${key}", m)) for m in methods})
+        else:
+            commands[name] = _module_argv(stages[name]["cmd"])
+    return commands
+
+
+def _module_argv(cmd: str) -> list[str]:
+    """``python -m stages.x --a b`` -> ``["stages.x", "--a", "b"]``."""
+    words = shlex.split(cmd)
+    if words[:2] != ["python", "-m"]:
+        raise ValueError(f"expected `python -m stages.<name> ...` in dvc.yaml, got {cmd!r}")
+    return words[2:]
+
+
+def write_params(folder: Path, device: str, precision: str, channels_last: bool) -> None:
+    """The project's params.yaml with the three speed-related keys set."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(device=device, precision=precision, channels_last=channels_last)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run_child(folder: Path, name: str, argv: list[str]) -> dict[str, Any]:
+    """Run one stage in a child process in ``folder``; its report plus the process's wall seconds."""
+    report = folder / "bench" / f"{name}.json"
+    report.parent.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    start = time.perf_counter()
+    with open(folder / "bench" / f"{name}.log", "w") as log:
+        done = subprocess.run([sys.executable, "-m", "bench.stage_speed", "--child", str(report), *argv],
+                              cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = (folder / "bench" / f"{name}.log").read_text()[-2000:]
+        raise SystemExit(f"{name} failed (exit {done.returncode}):\n{tail}")
+    return {**json.loads(report.read_text()), "process_s": wall}
+
+
+def child(report: str, module: str, argv: list[str]) -> None:
+    """In the child: run ``module.main(argv)`` as the stage would, then write seconds and peak memory."""
+    import torch
+
+    from wmbench.stage import run_stage
+
+    main = importlib.import_module(module).main
+    start = time.perf_counter()
+    code = run_stage(main, argv)
+    seconds = time.perf_counter() - start
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    Path(report).write_text(json.dumps({"seconds": seconds, "rss_mib": rss, "cuda_mib": cuda}))
+    raise SystemExit(code)
+
+
+def images_processed(folder: Path, name: str, params: dict[str, Any]) -> int | None:
+    """Images through the model in the stage's training (or scoring) passes; None where not meaningful."""
+    counts = json.loads((folder / "data/prepared/info.json").read_text())["counts"]
+    if name == "embed":
+        return (counts["owner"] + counts["embedding"]) * _epochs(folder / "plots/embed.csv")
+    if name == "vanilla":
+        return counts["owner"] * _epochs(folder / "plots/vanilla.csv")
+    if name == "reconstruct":
+        steps = json.loads((folder / "metrics/reconstruct.json").read_text())["steps"]
+        classes = len(json.loads((folder / "data/prepared/info.json").read_text())["adversary_per_class"])
+        return steps * params["reconstruct"]["batch_size"] * classes
+    if name.startswith("remove@"):
+        method = name.split("@", 1)[1]
+        adversary = json.loads((folder / f"metrics/remove/{method}.json").read_text())["adversary_size"]
+        copies = (params["removal"].get(method) or {}).get("copies", 0)
+        return adversary * (1 + copies) * _epochs(folder / f"plots/remove/{method}.csv")
+    if name == "evaluate":
+        models = len([k for k, v in json.loads((folder / "metrics/summary.json").read_text()).items()
+                      if isinstance(v, dict)])
+        return (counts["test"] + counts["trigger"]) * models
+    return None
+
+
+def _epochs(history_csv: Path) -> int:
+    """Training epochs in a per-epoch history (all seeds / rounds); an ``epoch`` 0 record is no training."""
+    with open(history_csv) as f:
+        return sum(1 for row in csv.DictReader(f) if float(row["epoch"]) >= 1)
+
+
+def table(rows: list[dict[str, Any]], cuda: bool) -> str:
+    """The markdown table, one row per stage, then the total."""
+    head = "| stage | seconds | process s | images/s | peak RSS MiB |" + (" peak CUDA MiB |" if cuda else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in rows:
+        rate = f"{row['images'] / row['seconds']:,.0f}" if row["images"] else "-"
+        line = f"| {row['stage']} | {row['seconds']:.2f} | {row['process_s']:.2f} | {rate} | {row['rss_mib']:,.0f} |"
+        lines.append(line + (f" {row['cuda_mib'] or 0:,.0f} |" if cuda else ""))
+    total, process = sum(r["seconds"] for r in rows), sum(r["process_s"] for r in rows)
+    lines.append(f"| **total** | {total:.2f} | {process:.2f} | | |" + (" |" if cuda else ""))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], sys.argv[4:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--keep", help="run in this folder and keep it (default: a temporary folder)")
+    args = parser.parse_args()
+
+    from wmbench.removal import REMOVALS
+
+    with tempfile.TemporaryDirectory(prefix="wmbench-stages-") as tmp:
+        folder = Path(args.keep or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_params(folder, args.device, args.precision, args.channels_last)
+        params = yaml.safe_load((folder / "params.yaml").read_text())
+        rows = []
+        for name, argv in stage_commands(ROOT / "dvc.yaml", REMOVALS.names()).items():
+            result = run_child(folder, name, argv)
+            rows.append({"stage": name, **result, "images": images_processed(folder, name, params)})
+            print(f"{name}: {result['seconds']:.1f}s", file=sys.stderr, flush=True)
+    import torch
+
+    print(f"device {args.device}, precision {args.precision}, channels_last {args.channels_last}, "
+          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, digits default params.yaml")
+    print(table(rows, cuda=args.device != "cpu" and torch.cuda.is_available()))
+
+
+if __name__ == "__main__":
+    main()
