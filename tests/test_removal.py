@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from stages import remove
 from stages.remove import adversary_view
@@ -111,3 +112,13 @@ def test_setting_beta_reruns_only_the_wild_stages(tmp_path):
         if any("beta" in json.dumps(change) for change in changes)
     )
     assert reading_beta == ["remove@wild_ce", "remove@wild_dn", "remove@wild_js"]
+
+
+def test_every_registered_method_has_a_remove_stage():
+    """dvc.yaml's foreach and the registry name the same methods, so a new method cannot go unwired."""
+    wiring = yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"][0]["removal_reads"]
+    assert sorted(wiring) == REMOVALS.names()
+    params = parse_params(small_params())
+    for name, extra in wiring.items():
+        reads_it = extra in ("beta", "reconstruct")
+        assert not reads_it or hasattr(params.removal.settings[name], extra), f"{name} does not read {extra}"
