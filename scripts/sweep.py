@@ -31,12 +31,23 @@ def dvc(*args: str, capture: bool = False) -> str:
     return result.stdout if capture else ""
 
 
-def wait_for_queue(poll_s: float) -> str:
-    """Poll ``dvc queue status`` until nothing is queued or running; return the last status."""
+def wait_for_queue(poll_s: float, retries: int = 5) -> str:
+    """Poll ``dvc queue status`` until nothing is queued or running; return the last status.
+
+    A status call can fail while a worker rewrites the queue's files (seen as
+    "Expecting value" from DVC); up to ``retries`` failures in a row are retried.
+    """
+    failures = 0
     while True:
-        status = dvc("queue", "status", capture=True)
-        if not any(word in status for word in ("Queued", "Running")):
-            return status
+        result = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            failures += 1
+            if failures > retries:
+                sys.exit(f"`dvc queue status` failed {failures} times in a row: {result.stderr}")
+        else:
+            failures = 0
+            if not any(word in result.stdout for word in ("Queued", "Running")):
+                return result.stdout
         time.sleep(poll_s)
 
 
