@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -28,6 +30,16 @@ def test_export_tiny_model_matches_pytorch(tiny, tmp_path):
     assert check.max_abs_diff <= 1e-4
     assert check.bytes == path.stat().st_size > 0
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.onnx"]  # single file, no temp left
+
+
+def test_exported_file_names_no_local_path(tiny, tmp_path):
+    """The file is the same wherever the project lives: no stack traces with this machine's paths."""
+    model, images = tiny
+    path = tmp_path / "tiny.onnx"
+    export_onnx(model, images, path, tolerance=1e-4)
+    text = path.read_bytes()
+    assert b"stack_trace" not in text
+    assert str(Path(__file__).resolve().parents[1]).encode() not in text
 
 
 def test_export_batch_dimension_is_dynamic(tiny, tmp_path):

@@ -21,6 +21,8 @@ from torch import nn
 
 from wmbench.files import atomic_path
 
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"  # metadata the dynamo exporter writes on each node
+
 
 class ExportMismatchError(ValueError):
     """The ONNX file computes something else than the PyTorch model; nothing is written."""
@@ -65,6 +67,7 @@ def export_onnx(
                 model, (example,), str(tmp), dynamo=True, external_data=False, opset_version=opset,
                 dynamic_shapes=({0: batch},), verbose=False,
             )
+        strip_stack_traces(tmp)
         check = check_onnx(tmp, model, images)
         if check.max_abs_diff > tolerance or check.label_mismatches:
             raise ExportMismatchError(
@@ -73,6 +76,21 @@ def export_onnx(
                 f"{check.label_mismatches} predicted labels differ"
             )
     return check
+
+
+def strip_stack_traces(path: str | os.PathLike[str]) -> None:
+    """Drop the exporter's per-node Python stack traces, which name this machine's file paths.
+
+    Without them the file is the same wherever the project is checked out, and
+    shares no local paths; the node names and scopes the exporter records stay.
+    """
+    proto = onnx.load(str(path))
+    nodes = list(proto.graph.node) + [node for function in proto.functions for node in function.node]
+    for node in nodes:
+        kept = [prop for prop in node.metadata_props if prop.key != STACK_TRACE_KEY]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(proto, str(path))
 
 
 def check_onnx(path: str | os.PathLike[str], model: nn.Module, images: torch.Tensor) -> ExportCheck:
