@@ -24,7 +24,7 @@ def adversary_view(prepared: Prepared, params: Params, device: torch.device) -> 
     """The adversary's labelled subset and unlabeled images, plus the owner's yardstick for the curves."""
     return RemovalData(
         adversary=prepared.on("adversary", device),
-        unlabeled=prepared.on("owner", device).images,
+        unlabeled=torch.from_numpy(prepared.arrays["owner"][0]),
         evaluate=Evaluator(prepared.on("test", device), prepared.on("trigger", device)),
         num_classes=prepared.num_classes,
         seed=params.seed,

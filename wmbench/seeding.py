@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -30,3 +32,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
+
+
+@contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Build or re-initialise layers under ``seed`` on the CPU generator; the global random state is restored.
+
+    Fresh weights (a new head, a discriminator, a scratch model) are then the
+    same for a seed wherever they are made, and drawing them changes no other stream.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield

@@ -32,7 +32,8 @@ class RemovalData:
     ``adversary``: the stolen model's training images the adversary has, with
     labels (``data.adversary_fraction`` of the training split, stratified).
     ``unlabeled``: in-distribution images without labels (the owner's training
-    images; only REFIT's optional augmentation reads them, labelling them with
+    images, uint8 on the CPU as stored: only REFIT's optional augmentation
+    reads them, so only the few it picks go to the device, labelled with
     the model's own predictions). ``evaluate`` scores the owner's test and
     trigger sets after each epoch for the curves: a method must never use it
     to make decisions, since the adversary does not know the trigger set.

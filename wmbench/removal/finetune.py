@@ -12,11 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import nn
 
 from wmbench.removal.base import REMOVALS, Removal, RemovalData, RemovalResult, TrainingSettings, copy_model
-from wmbench.seeding import derive_seed
+from wmbench.seeding import derive_seed, seeded_init
 from wmbench.training import fit, make_optimizer, make_scheduler
 
 
@@ -82,8 +81,7 @@ def reinitialise(module: nn.Module, seed: int) -> None:
     is the same on every device, and the global random state is left as it was.
     """
     fresh = copy.deepcopy(module).cpu()
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
+    with seeded_init(seed):
         for layer in fresh.modules():
             reset = getattr(layer, "reset_parameters", None)
             if callable(reset):

@@ -142,7 +142,9 @@ class Refit(Removal):
                 )
             pick = torch.randperm(len(data.unlabeled), generator=data.generator("refit-unlabeled"),
                                   device=data.device)[: p.unlabeled_count]
-            train = train.concat(pseudo_label(model, data.unlabeled[pick]))
+            picked = data.unlabeled[pick.cpu()]
+            images = DeviceData.from_arrays(picked, torch.zeros(len(picked), dtype=torch.long), data.device).images
+            train = train.concat(pseudo_label(model, images))
 
         subset = data.adversary
         if len(subset) > p.fisher_samples:

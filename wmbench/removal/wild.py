@@ -22,7 +22,7 @@ from torch import nn
 
 from wmbench.augment import random_erasing
 from wmbench.removal.base import REMOVALS, Removal, RemovalData, RemovalResult, TrainingSettings, copy_model
-from wmbench.seeding import derive_seed
+from wmbench.seeding import derive_seed, seeded_init
 from wmbench.training import fit, make_optimizer
 
 Divergence = Literal["ce", "js"]
@@ -232,8 +232,7 @@ class WildDN(_Wild):
     def setup(self, model: nn.Module, data: RemovalData) -> None:
         with torch.no_grad():
             dim = model.features(data.adversary.images[:1]).flatten(1).shape[1]
-        with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
-            torch.manual_seed(derive_seed(data.seed, "wild_dn-discriminator"))
+        with seeded_init(derive_seed(data.seed, "wild_dn-discriminator")):
             self.discriminator = build_discriminator(dim).to(data.device)
         self.discriminator_optimizer = make_optimizer(
             self.params.optimizer, self.discriminator.parameters(), self.params.discriminator_lr
