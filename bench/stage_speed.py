@@ -16,9 +16,18 @@ memory is that stage's alone. Prints a markdown table:
   reconstruct steps x batch x classes (an upper bound: stopped classes leave
   the batch); evaluate (test + trigger) x models. prepare and export: none.
 - peak RSS: the child's ``ru_maxrss``; on CUDA also ``torch.cuda.max_memory_allocated``.
+- GFLOP/s: images/s x the model's forward FLOPs per image x 3 for training
+  (forward and backward), x 1 for evaluate; "% of peak" against ``--peak-tflops``.
+- vs reference: for each training stage, the same model trained in this run by
+  ``bench.train_speed.reference`` (a DataLoader over PIL images, per-sample
+  ``ToTensor`` and, for WILD, per-sample ``RandomErasing`` of every copy; fp32)
+  on the prepared owner images with the stage's batch size, up to
+  ``--reference-images`` images. The ratio is the stage's images/s over the
+  reference's; the stage's seconds also hold its evaluation and set-up, so
+  the ratio understates the training loop's speed-up.
 
     python -m bench.stage_speed                              # CPU, fp32
-    python -m bench.stage_speed --device cuda --precision bf16 --channels-last
+    python -m bench.stage_speed --device cuda --precision bf16 --channels-last --peak-tflops 989
 """
 
 from __future__ import annotations
@@ -132,16 +141,74 @@ def _epochs(history_csv: Path) -> int:
         return sum(1 for row in csv.DictReader(f) if float(row["epoch"]) >= 1)
 
 
-def table(rows: list[dict[str, Any]], cuda: bool) -> str:
+def reference_settings(name: str, params: dict[str, Any]) -> tuple[int, int] | None:
+    """(batch size, erased copies per image) of a training stage's loop; None for the others."""
+    if name in ("embed", "vanilla"):
+        return params["train"]["batch_size"], 0
+    if name.startswith("remove@"):
+        block = params["removal"].get(name.split("@", 1)[1]) or {}
+        return block.get("batch_size", params["train"]["batch_size"]), block.get("copies", 0)
+    return None
+
+
+def reference_rates(folder: Path, names: list[str], params: dict[str, Any], device: str,
+                    max_images: int) -> dict[str, float]:
+    """Stage -> images/s of the plain DataLoader loop on the same model, batch size and copies."""
+    import torch
+
+    from bench.train_speed import reference
+    from wmbench.device import resolve_device
+    from wmbench.models import create_model
+    from wmbench.prepared import load_prepared
+
+    prepared = load_prepared(folder / "data/prepared")
+    images, labels = prepared.arrays["owner"]
+    target = resolve_device(device)
+    measured: dict[tuple[int, int], float] = {}
+    rates = {}
+    for name in names:
+        settings = reference_settings(name, params)
+        if settings is None:
+            continue
+        if settings not in measured:
+            torch.manual_seed(0)
+            model = create_model(params["model"]["arch"], **prepared.arch_kwargs()).to(target)
+            seconds, seen = reference(model, images, labels, target, settings[0], epochs=10**6,
+                                      copies=settings[1], max_images=max_images)
+            measured[settings] = seen / seconds
+        rates[name] = measured[settings]
+    return rates
+
+
+def forward_flops(folder: Path, params: dict[str, Any]) -> int:
+    """The model's forward FLOPs for one image (``torch.utils.flop_counter``)."""
+    from bench.train_speed import flops_per_image
+    from wmbench.models import create_model
+    from wmbench.prepared import load_prepared
+
+    kwargs = load_prepared(folder / "data/prepared").arch_kwargs()
+    return flops_per_image(create_model(params["model"]["arch"], **kwargs), kwargs["in_channels"], kwargs["image_size"])
+
+
+def table(rows: list[dict[str, Any]], cuda: bool, flops: int, peak_tflops: float | None) -> str:
     """The markdown table, one row per stage, then the total."""
-    head = "| stage | seconds | process s | images/s | peak RSS MiB |" + (" peak CUDA MiB |" if cuda else "")
+    head = ("| stage | seconds | process s | images/s | vs reference | GFLOP/s | % of peak | peak RSS MiB |"
+            + (" peak CUDA MiB |" if cuda else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
-        rate = f"{row['images'] / row['seconds']:,.0f}" if row["images"] else "-"
-        line = f"| {row['stage']} | {row['seconds']:.2f} | {row['process_s']:.2f} | {rate} | {row['rss_mib']:,.0f} |"
-        lines.append(line + (f" {row['cuda_mib'] or 0:,.0f} |" if cuda else ""))
+        rate = row["images"] / row["seconds"] if row["images"] else None
+        achieved = rate * flops * (1 if row["stage"] == "evaluate" else 3) if rate else None
+        cells = [
+            row["stage"], f"{row['seconds']:.2f}", f"{row['process_s']:.2f}",
+            f"{rate:,.0f}" if rate else "-",
+            f"{rate / row['reference']:.2f}" if rate and row.get("reference") else "-",
+            f"{achieved / 1e9:.1f}" if achieved else "-",
+            f"{100 * achieved / (peak_tflops * 1e12):.2f}" if achieved and peak_tflops else "-",
+            f"{row['rss_mib']:,.0f}",
+        ] + ([f"{row['cuda_mib'] or 0:,.0f}"] if cuda else [])
+        lines.append("| " + " | ".join(cells) + " |")
     total, process = sum(r["seconds"] for r in rows), sum(r["process_s"] for r in rows)
-    lines.append(f"| **total** | {total:.2f} | {process:.2f} | | |" + (" |" if cuda else ""))
+    lines.append(f"| **total** | {total:.2f} | {process:.2f} |" + " |" * (5 + cuda))
     return "\n".join(lines)
 
 
@@ -152,6 +219,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak, for the achieved share (H100: 989 bf16)")
+    parser.add_argument("--reference-images", type=int, default=20000,
+                        help="images the reference loop trains on per batch-size setting (default 20000)")
     parser.add_argument("--keep", help="run in this folder and keep it (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -167,11 +237,17 @@ def main() -> None:
             result = run_child(folder, name, argv)
             rows.append({"stage": name, **result, "images": images_processed(folder, name, params)})
             print(f"{name}: {result['seconds']:.1f}s", file=sys.stderr, flush=True)
+        print("reference loops ...", file=sys.stderr, flush=True)
+        rates = reference_rates(folder, [r["stage"] for r in rows], params, args.device, args.reference_images)
+        for row in rows:
+            row["reference"] = rates.get(row["stage"])
+        flops = forward_flops(folder, params)
     import torch
 
     print(f"device {args.device}, precision {args.precision}, channels_last {args.channels_last}, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, digits default params.yaml")
-    print(table(rows, cuda=args.device != "cpu" and torch.cuda.is_available()))
+          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, the project's params.yaml, "
+          f"{params['model']['arch']} {flops / 1e6:.2f} MFLOP/image forward")
+    print(table(rows, args.device != "cpu" and torch.cuda.is_available(), flops, args.peak_tflops))
 
 
 if __name__ == "__main__":

@@ -65,8 +65,14 @@ def ours(model, images, labels, device, batch_size, epochs, precision="fp32", ch
     return time.perf_counter() - start
 
 
-def reference(model, images, labels, device, batch_size, epochs) -> float:
-    """Seconds for the same work with a DataLoader over PIL images and per-sample transforms."""
+def reference(model, images, labels, device, batch_size, epochs, copies=0, max_images=None) -> tuple[float, int]:
+    """Seconds and images for the same work with a DataLoader over PIL images and per-sample transforms.
+
+    ``copies`` > 0 adds what a per-sample pipeline does for WILD: each item is
+    the image plus ``copies`` copies through torchvision's ``RandomErasing``,
+    all trained on with cross-entropy (a throughput yardstick, not the
+    method). Stops after ``max_images`` images through the model, if given.
+    """
     from PIL import Image
     from torchvision import transforms
 
@@ -75,27 +81,40 @@ def reference(model, images, labels, device, batch_size, epochs) -> float:
             mode = "L" if images.shape[1] == 1 else "RGB"
             self.items = [Image.fromarray(im.transpose(1, 2, 0).squeeze(), mode) for im in images]
             self.transform = transforms.ToTensor()
+            self.erase = transforms.RandomErasing(p=1.0, scale=(0.02, 0.4), ratio=(0.3, 3.3), value="random")
 
         def __len__(self) -> int:
             return len(self.items)
 
         def __getitem__(self, i):
-            return self.transform(self.items[i]), int(labels[i])
+            x = self.transform(self.items[i])
+            if copies:
+                return torch.stack([x] + [self.erase(x) for _ in range(copies)]), int(labels[i])
+            return x, int(labels[i])
 
     loader = torch.utils.data.DataLoader(PILDataset(), batch_size=batch_size, shuffle=True)
     optimizer = make_optimizer("rmsprop", model.parameters(), 1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
+    seen = 0
     _sync(device)
     start = time.perf_counter()
     for _ in range(epochs):
         for x, y in loader:
+            if copies:
+                y = y.repeat_interleave(x.shape[1])
+                x = x.flatten(0, 1)
             x, y = x.to(device), y.to(device)
             loss = loss_fn(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            seen += len(y)
+            if max_images is not None and seen >= max_images:
+                break
+        if max_images is not None and seen >= max_images:
+            break
     _sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, seen
 
 
 def _sync(device: torch.device) -> None:
@@ -159,7 +178,8 @@ def main() -> None:
         row = functools.partial(table_row, arch, flops, work, args.peak_tflops, device)
         torch.manual_seed(0)
         _reset_peak(device)
-        t_ref = reference(create_model(arch, **build).to(device), images, labels, device, args.batch_size, args.epochs)
+        t_ref, _ = reference(create_model(arch, **build).to(device), images, labels, device, args.batch_size,
+                             args.epochs)
         print(row("reference (DataLoader, fp32)", t_ref, t_ref))
         for precision, channels_last in variants(args.precision, args.channels_last):
             torch.manual_seed(0)
