@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import zlib
 from collections.abc import Iterator
@@ -25,8 +26,12 @@ def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch and ask torch for deterministic kernels.
 
     Same seed, same machine, same numbers: warn-only determinism keeps
-    operations without a deterministic kernel usable on GPU.
+    operations without a deterministic kernel usable on GPU. cuBLAS is
+    deterministic only with a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``,
+    PyTorch's reproducibility notes), read when CUDA starts, so it is set here,
+    before any CUDA work, unless the caller already chose one.
     """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
