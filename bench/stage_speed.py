@@ -20,7 +20,8 @@ memory is that stage's alone. Prints a markdown table:
 - peak RSS: the child's ``ru_maxrss``; on CUDA also ``torch.cuda.max_memory_allocated``.
 - GFLOP/s: images/s x the model's forward FLOPs per image x 3 for training and
   reconstruct (forward and backward), x 1 for evaluate; "% of peak" against
-  ``--peak-tflops``.
+  ``--peak-tflops``, or on a known NVIDIA GPU its datasheet peak for the
+  precision (``bench.train_speed.peak_tflops``).
 - vs reference: for each training stage, the same model trained in this run by
   ``bench.train_speed.reference`` (a DataLoader over PIL images, per-sample
   ``ToTensor`` and, for WILD, per-sample ``RandomErasing`` of every copy; fp32)
@@ -29,7 +30,7 @@ memory is that stage's alone. Prints a markdown table:
   over the reference's.
 
     python -m bench.stage_speed                              # CPU, fp32
-    python -m bench.stage_speed --device cuda --precision bf16 --channels-last --peak-tflops 989
+    python -m bench.stage_speed --device cuda --precision bf16 --channels-last
 """
 
 from __future__ import annotations
@@ -255,7 +256,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--peak-tflops", type=float, help="the device's peak, for the achieved share (H100: 989 bf16)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak for the achieved share (default: the GPU's datasheet figure)")
     parser.add_argument("--reference-images", type=int, default=20000,
                         help="images the reference loop trains on per batch-size setting (default 20000)")
     parser.add_argument("--keep", help="run in this folder and keep it (default: a temporary folder)")
@@ -283,7 +285,11 @@ def main() -> None:
     print(f"device {args.device}, precision {args.precision}, channels_last {args.channels_last}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, the project's params.yaml, "
           f"{params['model']['arch']} {flops / 1e6:.2f} MFLOP/image forward")
-    print(table(rows, args.device != "cpu" and torch.cuda.is_available(), flops, args.peak_tflops))
+    from bench.train_speed import run_peak
+    from wmbench.device import resolve_device
+
+    peak = run_peak(resolve_device(args.device), args.precision, args.peak_tflops)
+    print(table(rows, args.device != "cpu" and torch.cuda.is_available(), flops, peak))
 
 
 if __name__ == "__main__":

@@ -7,19 +7,20 @@ ratio is meaningful on a noisy machine. ``--precision fp32 bf16`` and
 ``--channels-last`` add runs of our loop with bf16 autocast and / or
 channels-last layout (``wmbench.precision``), each against the same fp32
 reference. Also reports FLOPs per image (forward, ``torch.utils.flop_counter``),
-achieved GFLOP/s (training = 3x forward), its share of ``--peak-tflops`` and
-peak memory (CUDA: per run; CPU: the process's RSS so far, which only grows).
+achieved GFLOP/s (training = 3x forward), its share of the device's peak
+(``--peak-tflops``, or on a known NVIDIA GPU its datasheet figure for the run's
+precision: :func:`peak_tflops`) and peak memory (CUDA: per run; CPU: the
+process's RSS so far, which only grows).
 
     python -m bench.train_speed                      # CPU, MNIST-size models
     python -m bench.train_speed --device cuda --arch vgg16 --image-size 32 --channels 3
     python -m bench.train_speed --device cuda --arch vgg16 resnet18 --image-size 32 --channels 3 \
-        --precision fp32 bf16 --channels-last --peak-tflops 989   # H100 SXM dense bf16
+        --precision fp32 bf16 --channels-last            # % of the H100's 989 (bf16) / 495 (TF32) TFLOP/s
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import resource
 import time
 
@@ -117,6 +118,30 @@ def reference(model, images, labels, device, batch_size, epochs, copies=0, max_i
     return time.perf_counter() - start, seen
 
 
+# Dense tensor-core peaks in TFLOP/s, (bf16, TF32), from NVIDIA's datasheets; the first name
+# contained in torch.cuda.get_device_name() wins, so the more specific names come first.
+# fp32 runs are held against TF32: cuDNN runs fp32 convolutions on TF32 tensor cores by default.
+PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0, 378.0), ("H100 NVL", 835.0, 418.0), ("H100", 989.0, 495.0), ("H200", 989.0, 495.0),
+    ("A100", 312.0, 156.0), ("L40S", 362.0, 183.0), ("L4", 121.0, 60.0), ("A10", 125.0, 62.5),
+)
+
+
+def peak_tflops(device_name: str, precision: str) -> float | None:
+    """The datasheet peak for a GPU's name and ``fp32`` / ``bf16``; None for a device not in the table."""
+    for name, bf16, tf32 in PEAK_TFLOPS:
+        if name in device_name:
+            return bf16 if precision == "bf16" else tf32
+    return None
+
+
+def run_peak(device: torch.device, precision: str, given: float | None) -> float | None:
+    """``--peak-tflops`` if given, else the CUDA device's datasheet peak for ``precision``, else None."""
+    if given is not None or device.type != "cuda":
+        return given
+    return peak_tflops(torch.cuda.get_device_name(device), precision)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -162,7 +187,8 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
                         help="our loop's precisions to run (default fp32)")
     parser.add_argument("--channels-last", action="store_true", help="also run each precision channels-last")
-    parser.add_argument("--peak-tflops", type=float, help="the device's peak, for the achieved share (H100: 989 bf16)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's peak for the achieved share (default: the GPU's datasheet figure)")
     args = parser.parse_args()
     device = torch.device(args.device)
     images, labels = synthetic_uint8(args.images, args.channels, args.image_size)
@@ -175,18 +201,19 @@ def main() -> None:
     for arch in args.arch:
         build = {"in_channels": args.channels, "image_size": args.image_size, "num_classes": 10}
         flops = flops_per_image(create_model(arch, **build), args.channels, args.image_size)
-        row = functools.partial(table_row, arch, flops, work, args.peak_tflops, device)
         torch.manual_seed(0)
         _reset_peak(device)
         t_ref, _ = reference(create_model(arch, **build).to(device), images, labels, device, args.batch_size,
                              args.epochs)
-        print(row("reference (DataLoader, fp32)", t_ref, t_ref))
+        print(table_row(arch, flops, work, run_peak(device, "fp32", args.peak_tflops), device,
+                        "reference (DataLoader, fp32)", t_ref, t_ref))
         for precision, channels_last in variants(args.precision, args.channels_last):
             torch.manual_seed(0)
             _reset_peak(device)
             t_ours = ours(create_model(arch, **build).to(device), images, labels, device, args.batch_size,
                           args.epochs, precision, channels_last)
-            print(row(f"ours {precision}{', channels-last' if channels_last else ''}", t_ours, t_ref))
+            print(table_row(arch, flops, work, run_peak(device, precision, args.peak_tflops), device,
+                            f"ours {precision}{', channels-last' if channels_last else ''}", t_ours, t_ref))
 
 
 if __name__ == "__main__":

@@ -94,3 +94,21 @@ def test_grid_jobs_in_worker_processes_give_the_sequential_numbers(tmp_path) -> 
     assert [r["run"] for r in two] == ["prepare", "embed", *configs]
     for a, b in zip(one[1:], two[1:], strict=True):
         assert (a["test_acc"], a["wm_acc"]) == (b["test_acc"], b["wm_acc"])
+
+
+@pytest.mark.parametrize(("name", "precision", "peak"), [
+    ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
+    ("NVIDIA H100 80GB HBM3", "fp32", 495.0),
+    ("NVIDIA H100 PCIe", "bf16", 756.0),
+    ("NVIDIA H200", "bf16", 989.0),
+    ("NVIDIA A100-SXM4-80GB", "fp32", 156.0),
+    ("NVIDIA A10", "bf16", 125.0),
+    ("Tesla T4", "bf16", None),
+])
+def test_peak_tflops_picks_the_most_specific_gpu_name(name, precision, peak) -> None:
+    assert train_speed.peak_tflops(name, precision) == peak
+
+
+def test_an_explicit_peak_wins_and_the_cpu_has_none() -> None:
+    assert train_speed.run_peak(torch.device("cpu"), "bf16", None) is None
+    assert train_speed.run_peak(torch.device("cpu"), "bf16", 12.5) == 12.5
