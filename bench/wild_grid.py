@@ -229,6 +229,16 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def check_params(base: dict[str, Any], folder: Path) -> None:
+    """Validate the settings as the stages will, before any work: a bad ``--set`` fails here, in one line."""
+    from wmbench.params import ParamsError, load_params
+
+    try:
+        load_params(write_yaml(folder / "params-check.yaml", base))
+    except ParamsError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
@@ -262,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="wmbench-wild-grid-") as tmp:
         folder = Path(args.keep or tmp)
         folder.mkdir(parents=True, exist_ok=True)
+        check_params(base, folder)
         start = time.perf_counter()
         rows = run_grid(base, folder, args.schemes, args.fractions, args.configs, args.jobs)
         wall = time.perf_counter() - start

@@ -112,3 +112,9 @@ def test_peak_tflops_picks_the_most_specific_gpu_name(name, precision, peak) -> 
 def test_an_explicit_peak_wins_and_the_cpu_has_none() -> None:
     assert train_speed.run_peak(torch.device("cpu"), "bf16", None) is None
     assert train_speed.run_peak(torch.device("cpu"), "bf16", 12.5) == 12.5
+
+
+def test_a_bad_setting_stops_the_grid_before_any_work(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="error: .*train.epochs"):
+        wild_grid.main(["--set", "train.epochs=-3", "--keep", str(tmp_path)])
+    assert not (tmp_path / "content").exists()
