@@ -47,9 +47,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from wmbench.prepared import Prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "embed", "vanilla", "reconstruct", "remove", "evaluate", "export")
@@ -149,20 +152,20 @@ def child(report: str, module: str, argv: list[str]) -> None:
 
 def images_processed(folder: Path, name: str, params: dict[str, Any]) -> int | None:
     """Images through the model in the stage's training (or scoring) passes; None where not meaningful."""
-    counts = json.loads((folder / "data/prepared/info.json").read_text())["counts"]
+    info = json.loads((folder / "data/prepared/info.json").read_text())
+    counts = info["counts"]
     if name == "embed":
-        return (counts["owner"] + counts["embedding"]) * _epochs(folder / "plots/embed.csv")
+        return (counts["owner"] + counts["embedding"]) * training_epochs(folder / "plots/embed.csv")
     if name == "vanilla":
-        return counts["owner"] * _epochs(folder / "plots/vanilla.csv")
+        return counts["owner"] * training_epochs(folder / "plots/vanilla.csv")
     if name == "reconstruct":
         steps = json.loads((folder / "metrics/reconstruct.json").read_text())["steps"]
-        classes = len(json.loads((folder / "data/prepared/info.json").read_text())["adversary_per_class"])
-        return steps * params["reconstruct"]["batch_size"] * classes
+        return steps * params["reconstruct"]["batch_size"] * len(info["adversary_per_class"])
     if name.startswith("remove@"):
         method = name.split("@", 1)[1]
-        adversary = json.loads((folder / f"metrics/remove/{method}.json").read_text())["adversary_size"]
+        metrics = json.loads((folder / f"metrics/remove/{method}.json").read_text())
         copies = (params["removal"].get(method) or {}).get("copies", 0)
-        return adversary * (1 + copies) * _epochs(folder / f"plots/remove/{method}.csv")
+        return removal_images(metrics, copies, folder / f"plots/remove/{method}.csv")
     if name == "evaluate":
         models = len([k for k, v in json.loads((folder / "metrics/summary.json").read_text()).items()
                       if isinstance(v, dict)])
@@ -170,7 +173,12 @@ def images_processed(folder: Path, name: str, params: dict[str, Any]) -> int | N
     return None
 
 
-def _epochs(history_csv: Path) -> int:
+def removal_images(metrics: dict[str, Any], copies: int, history_csv: Path) -> int:
+    """Images through the model in a removal's training: the adversary's set x (1 + erased copies) x epochs."""
+    return int(metrics["adversary_size"]) * (1 + copies) * training_epochs(history_csv)
+
+
+def training_epochs(history_csv: Path) -> int:
     """Training epochs in a per-epoch history (all seeds / rounds); an ``epoch`` 0 record is no training."""
     with open(history_csv) as f:
         return sum(1 for row in csv.DictReader(f) if float(row["epoch"]) >= 1)
@@ -186,7 +194,7 @@ def reference_settings(name: str, params: dict[str, Any]) -> tuple[int, int] | N
     return None
 
 
-def reference_rates(folder: Path, names: list[str], params: dict[str, Any], device: str,
+def reference_rates(prepared: Prepared, names: list[str], params: dict[str, Any], device: str,
                     max_images: int) -> dict[str, float]:
     """Stage -> images/s of the plain DataLoader loop on the same model, batch size and copies."""
     import torch
@@ -194,9 +202,7 @@ def reference_rates(folder: Path, names: list[str], params: dict[str, Any], devi
     from bench.train_speed import reference
     from wmbench.device import resolve_device
     from wmbench.models import create_model
-    from wmbench.prepared import load_prepared
 
-    prepared = load_prepared(folder / "data/prepared")
     images, labels = prepared.arrays["owner"]
     target = resolve_device(device)
     measured: dict[tuple[int, int], float] = {}
@@ -215,14 +221,13 @@ def reference_rates(folder: Path, names: list[str], params: dict[str, Any], devi
     return rates
 
 
-def forward_flops(folder: Path, params: dict[str, Any]) -> int:
-    """The model's forward FLOPs for one image (``torch.utils.flop_counter``)."""
+def forward_flops(prepared: Prepared, arch: str) -> int:
+    """The model's forward FLOPs for one image of the prepared data (``torch.utils.flop_counter``)."""
     from bench.train_speed import flops_per_image
     from wmbench.models import create_model
-    from wmbench.prepared import load_prepared
 
-    kwargs = load_prepared(folder / "data/prepared").arch_kwargs()
-    return flops_per_image(create_model(params["model"]["arch"], **kwargs), kwargs["in_channels"], kwargs["image_size"])
+    kwargs = prepared.arch_kwargs()
+    return flops_per_image(create_model(arch, **kwargs), kwargs["in_channels"], kwargs["image_size"])
 
 
 def table(rows: list[dict[str, Any]], cuda: bool, flops: int, peak_tflops: float | None) -> str:
@@ -276,10 +281,13 @@ def main() -> None:
             rows.append({"stage": name, **result, "images": images_processed(folder, name, params)})
             print(f"{name}: {result['seconds']:.1f}s", file=sys.stderr, flush=True)
         print("reference loops ...", file=sys.stderr, flush=True)
-        rates = reference_rates(folder, [r["stage"] for r in rows], params, args.device, args.reference_images)
+        from wmbench.prepared import load_prepared
+
+        prepared = load_prepared(folder / "data/prepared")
+        rates = reference_rates(prepared, [r["stage"] for r in rows], params, args.device, args.reference_images)
         for row in rows:
             row["reference"] = rates.get(row["stage"])
-        flops = forward_flops(folder, params)
+        flops = forward_flops(prepared, params["model"]["arch"])
     import torch
 
     print(f"device {args.device}, precision {args.precision}, channels_last {args.channels_last}, "

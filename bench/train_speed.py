@@ -99,19 +99,16 @@ def reference(model, images, labels, device, batch_size, epochs, copies=0, max_i
     seen = 0
     _sync(device)
     start = time.perf_counter()
-    for _ in range(epochs):
-        for x, y in loader:
-            if copies:
-                y = y.repeat_interleave(x.shape[1])
-                x = x.flatten(0, 1)
-            x, y = x.to(device), y.to(device)
-            loss = loss_fn(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            seen += len(y)
-            if max_images is not None and seen >= max_images:
-                break
+    for x, y in (batch for _ in range(epochs) for batch in loader):
+        if copies:
+            y = y.repeat_interleave(x.shape[1])
+            x = x.flatten(0, 1)
+        x, y = x.to(device), y.to(device)
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seen += len(y)
         if max_images is not None and seen >= max_images:
             break
     _sync(device)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import importlib
 import io
 import json
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bench.stage_speed import removal_images
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMES = ("content", "noise", "unrelated")
@@ -93,13 +94,6 @@ def run_quietly(main: Callable[[Sequence[str] | None], None], argv: list[str], l
     return seconds
 
 
-def training_images(metrics: dict[str, Any], history_csv: Path, copies: int) -> int:
-    """Images through the model in training: the adversary's set x (1 + erased copies) x epochs."""
-    with open(history_csv) as f:
-        epochs = sum(1 for row in csv.DictReader(f) if float(row["epoch"]) >= 1)
-    return int(metrics["adversary_size"]) * (1 + copies) * epochs
-
-
 def write_yaml(path: Path, params: dict[str, Any]) -> str:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return str(path)
@@ -123,9 +117,10 @@ def run_job(job: Job) -> dict[str, Any]:
     """Run one stage's ``main`` in this process; its row with seconds, images and accuracies."""
     module = importlib.import_module(f"stages.{job.stage}")
     seconds = run_quietly(module.main, list(job.argv), Path(job.log))
-    row = {**job.row, "seconds": seconds, **_accuracies(Path(job.metrics))}
+    metrics = json.loads(Path(job.metrics).read_text())
+    row = {**job.row, "seconds": seconds, "test_acc": metrics["test_acc"], "wm_acc": metrics["wm_acc"]}
     if job.stage == "remove":
-        row["images"] = training_images(json.loads(Path(job.metrics).read_text()), Path(job.plot), job.copies)
+        row["images"] = removal_images(metrics, job.copies, Path(job.plot))
     return row
 
 
@@ -204,11 +199,6 @@ def run_grid(base: dict[str, Any], folder: Path, schemes: Sequence[str], fractio
     return rows + run_jobs(embeds, workers) + run_jobs(removals, workers)
 
 
-def _accuracies(metrics_json: Path) -> dict[str, float]:
-    metrics = json.loads(metrics_json.read_text())
-    return {"test_acc": metrics["test_acc"], "wm_acc": metrics["wm_acc"]}
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one row per run, then the seconds spent preparing, embedding and removing."""
     lines = ["| scheme | fraction | run | seconds | images/s | test acc % | wm retention % |",
@@ -219,9 +209,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         rate = f"{r['images'] / r['seconds']:,.0f}" if r.get("images") else "-"
         lines.append(f"| {r['scheme']} | {r['fraction']:.0%} | {r['run']} | {r['seconds']:.1f} | {rate} | "
                      f"{100 * r['test_acc']:.2f} | {100 * r['wm_acc']:.2f} |")
-    kind = {"prepare": "prepare", "embed": "embed"}
-    spent = {k: sum(r["seconds"] for r in rows if kind.get(r["run"], "remove") == k)
-             for k in ("prepare", "embed", "remove")}
+    spent = dict.fromkeys(("prepare", "embed", "remove"), 0.0)
+    for r in rows:
+        spent[r["run"] if r["run"] in spent else "remove"] += r["seconds"]
     lines.append("")
     lines.append(f"prepare {spent['prepare']:.1f} s, embed {spent['embed']:.1f} s, "
                  f"{sum(1 for r in rows if r['run'] in CONFIGS)} removals {spent['remove']:.1f} s, "
