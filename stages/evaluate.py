@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--models", default="models")
-    parser.add_argument("--vanilla", default="metrics/vanilla.json")
+    parser.add_argument("--vanilla", default="models/vanilla/calibration.json", help="the clean models' threshold")
     parser.add_argument("--metrics", default="metrics/summary.json")
     parser.add_argument("--plot", default="plots/summary.csv")
     args = parser.parse_args(argv)
@@ -53,8 +53,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "trigger_size": trigger_size,
         "alpha": params.evaluate.alpha,
         **table,
-        "time_s": timer.seconds,
-    })
+    })  # no time_s: the plots stage depends on these bytes
+    print(f"evaluate: {len(table)} models in {timer.seconds:.1f}s")
     for name, row in table.items():
         print(f"evaluate: {name:<16} test_acc {row['test_acc']:.4f}  wm_acc {row['wm_acc']:.3f}  "
               f"removed {row['removed']!s:<5}  p_value {row['p_value']:.2e}  "

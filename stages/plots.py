@@ -113,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--prepared", default="data/prepared")
     parser.add_argument("--summary", default="metrics/summary.json")
-    parser.add_argument("--vanilla-metrics", default="metrics/vanilla.json")
+    parser.add_argument("--vanilla-metrics", default="models/vanilla/calibration.json",
+                        help="the clean models' threshold (or metrics/vanilla.json)")
     parser.add_argument("--vanilla-plot", default="plots/vanilla.csv")
     parser.add_argument("--removal-plots", default="plots/remove", help="folder of <method>.csv curves")
     parser.add_argument("--reconstruct", default="artifacts/reconstruct", help="folder of Neural Cleanse .npz")

@@ -93,8 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "adversary_per_class": np.bincount(
             arrays["adversary"][1], minlength=dataset.num_classes
         ).tolist(),
-        "time_s": timer.seconds,
-    }
+    }  # no wall-clock time: every later stage depends on these bytes
     save_prepared(args.out, Prepared(arrays, info))
     print(f"prepare: {info['counts']} in {timer.seconds:.1f}s")
 

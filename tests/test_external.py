@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,8 +105,8 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(path, create_model("lenet", **kwargs), {"arch": "lenet", "arch_kwargs": kwargs, "seed": 1})
     before = path.read_bytes()
 
-    def torn_save(obj, target):
-        Path(target).write_bytes(b"partial")
+    def torn_save(obj, handle):
+        handle.write(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", torn_save)

@@ -13,6 +13,7 @@ def test_spine_stages_write_their_outputs(tmp_path):
     assert run_stage(prepare.main, ["--params", params, "--out", prep]) == 0
     info = json.loads((tmp_path / "prepared" / "info.json").read_text())
     assert info["counts"]["trigger"] == 100 and min(info["adversary_per_class"]) >= 1
+    assert "time_s" not in info  # every later stage depends on these bytes
     assert run_stage(embed.main, ["--params", params, "--prepared", prep,
                                   "--model", str(models / "watermarked.pt"),
                                   "--metrics", str(tmp_path / "embed.json"),
@@ -24,7 +25,9 @@ def test_spine_stages_write_their_outputs(tmp_path):
                                     "--plot", str(tmp_path / "vanilla.csv")]) == 0
     calibration = json.loads((tmp_path / "vanilla.json").read_text())
     assert 0 <= calibration["threshold"] <= 1 and calibration["seeds"] == 2
-    assert sorted(p.name for p in (models / "vanilla").iterdir()) == ["seed1.pt", "seed2.pt"]
+    assert sorted(p.name for p in (models / "vanilla").iterdir()) == ["calibration.json", "seed1.pt", "seed2.pt"]
+    timeless = json.loads((models / "vanilla" / "calibration.json").read_text())
+    assert timeless == {k: v for k, v in calibration.items() if k != "time_s"}  # what evaluate and plots read
     assert run_stage(evaluate.main, ["--params", params, "--prepared", prep, "--models", str(models),
                                      "--vanilla", str(tmp_path / "vanilla.json"),
                                      "--metrics", str(tmp_path / "summary.json"),

@@ -39,13 +39,18 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any]) -> None:
-    """Write weights plus ``meta`` (must contain ``arch`` and ``arch_kwargs``) atomically."""
+    """Write weights plus ``meta`` (must contain ``arch`` and ``arch_kwargs``) atomically.
+
+    The same weights and meta give the same bytes, wherever and whenever written.
+    """
     missing = {"arch", "arch_kwargs"} - set(meta)
     if missing:
         raise ValueError(f"checkpoint meta lacks {sorted(missing)}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "meta": json.dumps(meta, sort_keys=True)}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        # A file object, not a path: torch names the archive's root folder after a path
+        # (here the random temporary name), but "archive" for a file object.
+        torch.save({"state_dict": state, "meta": json.dumps(meta, sort_keys=True)}, handle)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:

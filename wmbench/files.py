@@ -39,9 +39,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented JSON with sorted keys, atomically: the same object, the same bytes."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> None:
@@ -56,7 +56,11 @@ def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, A
 
 
 def save_arrays_atomic(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
-    """Save named arrays as an uncompressed ``.npz``, atomically (no pickled objects)."""
+    """Save named arrays as an uncompressed ``.npz``, atomically (no pickled objects).
+
+    The bytes depend only on the arrays: ``np.savez`` stamps every member with
+    the zip format's fixed 1980-01-01 date, not the time of writing.
+    """
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
 
