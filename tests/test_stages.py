@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from stages import embed, evaluate, prepare, vanilla
+from stages import check, embed, evaluate, prepare, vanilla
 from tests.conftest import write_params
 from wmbench.stage import run_stage
 
@@ -46,7 +46,7 @@ def test_bad_params_fail_before_any_output(tmp_path, capsys):
     assert not (tmp_path / "prepared").exists()
 
 
-@pytest.mark.parametrize("module", [prepare, embed, vanilla, evaluate])
+@pytest.mark.parametrize("module", [check, prepare, embed, vanilla, evaluate])
 def test_stage_help_runs_outside_dvc(module, capsys):
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])

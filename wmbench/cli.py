@@ -6,7 +6,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-STAGES = ("prepare", "embed", "vanilla", "reconstruct", "remove", "evaluate", "plots", "export")
+STAGES = ("check", "prepare", "embed", "vanilla", "reconstruct", "remove", "evaluate", "plots", "export")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
