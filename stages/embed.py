@@ -16,11 +16,12 @@ from wmbench.precision import autocast, channels_last_model, channels_last_prepa
 from wmbench.prepared import Prepared, load_prepared
 from wmbench.seeding import generator
 from wmbench.stage import Timer, run_stage, stage_parser, start
-from wmbench.training import fit, make_optimizer, make_scheduler
+from wmbench.training import Evaluate, fit, make_optimizer, make_scheduler
 
 
 def train_model(
-    prepared: Prepared, params: Params, device: torch.device, *, seed: int, watermark: bool
+    prepared: Prepared, params: Params, device: torch.device, *, seed: int, watermark: bool,
+    evaluate: Evaluate | None = None,
 ) -> tuple[nn.Module, list[dict[str, float]]]:
     """Train ``model.arch`` on the owner's data, with the watermark samples mixed in if asked.
 
@@ -29,12 +30,13 @@ def train_model(
     watermark samples; ``scratch`` (FS) mixes them in from the first epoch.
     The model is built channels-last when ``params.channels_last`` asks; the
     caller enters the precision (:func:`wmbench.precision.autocast`).
+    ``evaluate`` scores each epoch (default: the test and trigger sets).
     """
     torch.manual_seed(seed)
     model = channels_last_model(create_model(params.model.arch, **prepared.arch_kwargs()).to(device),
                                 params.channels_last)
     owner = prepared.on("owner", device)
-    evaluate = Evaluator(prepared.on("test", device), prepared.on("trigger", device))
+    evaluate = evaluate or Evaluator(prepared.on("test", device), prepared.on("trigger", device))
     batches = generator(seed, "train-batches", device)
     train = params.train
     optimizer = make_optimizer(train.optimizer, model.parameters(), train.lr, train.momentum, train.weight_decay)

@@ -1,0 +1,295 @@
+"""Neural Cleanse and Laundering on full-size Fashion-MNIST, several seeds: ``results/aiken_fashion_mnist.csv``.
+
+Aiken et al., Neural Network Laundering, Table 2 (MNIST) and Sec. 7.6, redone
+on Fashion-MNIST (Debian's IDX files). For each seed and scheme the owner's
+model is embedded once; for each adversary fraction the ``reconstruct`` stage
+runs Neural Cleanse on the adversary's images and ``remove@laundering``
+launders the model. Clean models (one per seed, never shown a trigger) give
+the ownership threshold, Aiken et al. Sec. 7.1's rule: the highest watermark
+rate any clean model shows at any epoch on the scheme's trigger set; Neural
+Cleanse also runs on them, so their false-positive classes are listed.
+
+Every step is the pipeline's own stage code (``stages.prepare``, ``stages.embed``,
+``stages.reconstruct``, ``stages.remove``) run in-process on a params file
+written per cell, so a row is exactly what ``dvc exp run`` with the same
+settings gives. Finished cells are kept in ``--work`` and skipped on a rerun.
+
+    OMP_NUM_THREADS=1 python -m scripts.aiken_results --jobs 2      # about 50 min on 2 cores
+    python -m scripts.aiken_results --seeds 0 --schemes square --fractions 0.1   # one cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.wild_grid import run_quietly, set_dotted, write_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMES = ("square", "content", "noise")
+FRACTIONS = (0.1, 0.006)  # WILD's 10 %; Laundering's 0.6 % (360 Fashion-MNIST images)
+COLUMNS = ("scheme", "arch", "seed", "adversary_fraction", "target_detected", "target_anomaly",
+           "max_other_anomaly", "target_rank", "flagged", "threshold", "test_acc_watermarked", "test_acc",
+           "wm_acc", "seconds", "reconstruct_seconds", "units_reset_conv", "units_reset_dense")
+BASE = {  # Fashion-MNIST, lenet, 5 embedding epochs, target 0 (the settings of issue 12)
+    "data.name": "fashion_mnist",
+    "data.root": "/usr/share/datasets/fashion-mnist",
+    "model.arch": "lenet",
+    "train.epochs": 5,
+    "watermark.target": 0,
+    "device": "cpu",
+}
+CLEAN_SEED_OFFSET = 100  # a clean model's training seed: the run's seed + this
+
+
+def cell_params(seed: int, scheme: str, fraction: float, sets: Sequence[str]) -> dict[str, Any]:
+    """The project's params.yaml with the base settings, the cell's and ``--set KEY=VALUE`` applied."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in {**BASE, "seed": seed, "watermark.scheme": scheme,
+                       "data.adversary_fraction": fraction}.items():
+        set_dotted(params, key, value)
+    for item in sets:
+        key, _, value = item.partition("=")
+        set_dotted(params, key, yaml.safe_load(value))
+    return params
+
+
+def run_cell(work: Path, seed: int, scheme: str, fractions: Sequence[float], sets: Sequence[str]) -> str:
+    """Prepare, embed once, then reconstruct and launder at every fraction; files under ``work/scheme/seed``."""
+    import torch
+
+    torch.set_num_threads(1)
+    from stages import embed, prepare, reconstruct, remove
+
+    cell = work / scheme / f"seed{seed}"
+    model = cell / "watermarked.pt"
+    log = cell / "stages.log"
+    for fraction in fractions:
+        folder = cell / f"{fraction:g}"
+        folder.mkdir(parents=True, exist_ok=True)
+        params = write_yaml(folder / "params.yaml", cell_params(seed, scheme, fraction, sets))
+        prepared = str(folder / "prepared")
+        if not (folder / "prepared" / "info.json").exists():
+            run_quietly(prepare.main, ["--params", params, "--out", prepared], log)
+        if not model.exists():
+            run_quietly(embed.main, ["--params", params, "--prepared", prepared, "--model", str(model),
+                                     "--metrics", str(cell / "embed.json"), "--plot", str(cell / "embed.csv")], log)
+        if not (folder / "reconstruct.json").exists():
+            run_quietly(reconstruct.main, ["--params", params, "--prepared", prepared, "--model", str(model),
+                                           "--out", str(folder / "reconstruct"),
+                                           "--metrics", str(folder / "reconstruct.json")], log)
+        if not (folder / "laundering.json").exists():
+            run_quietly(remove.main, ["--params", params, "--method", "laundering", "--prepared", prepared,
+                                      "--model", str(model), "--out", str(folder / "laundering.pt"),
+                                      "--metrics", str(folder / "laundering.json"),
+                                      "--plot", str(folder / "laundering.csv"), *removal_inputs(folder)], log)
+    return f"{scheme} seed {seed}"
+
+
+def removal_inputs(folder: Path) -> list[str]:
+    """Arguments that hand laundering the cell's reconstruction, where the remove stage takes one."""
+    from stages import remove
+
+    return ["--reconstruct", str(folder / "reconstruct")] if hasattr(remove, "RECONSTRUCT_INPUT") else []
+
+
+def run_clean(work: Path, seed: int, fraction: float, sets: Sequence[str]) -> str:
+    """One clean model (every epoch kept, for the threshold), then Neural Cleanse on it."""
+    import torch
+
+    torch.set_num_threads(1)
+    from stages import prepare, reconstruct
+    from stages.embed import checkpoint_meta, train_model
+    from wmbench.checkpoint import save_checkpoint
+    from wmbench.params import load_params
+    from wmbench.prepared import load_prepared
+    from wmbench.seeding import seed_everything
+
+    folder = work / "clean" / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "stages.log"
+    params_file = write_yaml(folder / "params.yaml", cell_params(seed, "content", fraction, sets))
+    if not (folder / "prepared" / "info.json").exists():
+        run_quietly(prepare.main, ["--params", params_file, "--out", str(folder / "prepared")], log)
+    model_path = folder / "clean.pt"
+    if not model_path.exists():
+        params = load_params(params_file)
+        seed_everything(params.seed)
+        prepared = load_prepared(folder / "prepared")
+        device = torch.device("cpu")
+        test = prepared.on("test", device)
+        epoch = [0]
+
+        def keep_epoch(model: torch.nn.Module) -> dict[str, float]:
+            epoch[0] += 1
+            meta = checkpoint_meta(prepared, params, seed + CLEAN_SEED_OFFSET, "vanilla")
+            save_checkpoint(folder / f"epoch{epoch[0]}.pt", model, meta)
+            from wmbench.training import accuracy
+
+            return {"test_acc": accuracy(model, test)}
+
+        start = time.perf_counter()
+        model, history = train_model(prepared, params, device, seed=seed + CLEAN_SEED_OFFSET, watermark=False,
+                                     evaluate=keep_epoch)
+        save_checkpoint(model_path, model, checkpoint_meta(prepared, params, seed + CLEAN_SEED_OFFSET, "vanilla"))
+        (folder / "clean.json").write_text(json.dumps({"test_acc": history[-1]["test_acc"],
+                                                        "time_s": time.perf_counter() - start}))
+    if not (folder / "reconstruct.json").exists():
+        run_quietly(reconstruct.main, ["--params", params_file, "--prepared", str(folder / "prepared"),
+                                       "--model", str(model_path), "--out", str(folder / "reconstruct"),
+                                       "--metrics", str(folder / "reconstruct.json")], log)
+    return f"clean seed {seed}"
+
+
+def thresholds(work: Path, seeds: Sequence[int], schemes: Sequence[str]) -> dict[tuple[str, int], float]:
+    """Per (scheme, seed): the highest rate any clean model shows at any epoch on that trigger set (Sec. 7.1)."""
+    import torch
+
+    from wmbench.checkpoint import load_checkpoint
+    from wmbench.evaluate import calibrate_threshold
+    from wmbench.prepared import load_prepared
+    from wmbench.training import accuracy
+
+    models = [load_checkpoint(path).build_model().eval()
+              for path in sorted((work / "clean").glob("seed*/epoch*.pt"))]
+    found = {}
+    for scheme in schemes:
+        for seed in seeds:
+            folder = next((work / scheme / f"seed{seed}").glob("*/prepared"))
+            trigger = load_prepared(folder).on("trigger", torch.device("cpu"))
+            found[scheme, seed] = calibrate_threshold(accuracy(m, trigger) for m in models)
+    return found
+
+
+def collect(work: Path, seeds: Sequence[int], schemes: Sequence[str], fractions: Sequence[float]) -> list[dict]:
+    """One row per (scheme, seed, fraction) laundered, and one per clean model's Neural Cleanse."""
+    limits = thresholds(work, seeds, schemes)
+    rows = []
+    for seed in seeds:
+        clean = work / "clean" / f"seed{seed}"
+        rows.append({"scheme": "clean", "seed": seed, "adversary_fraction": FRACTIONS[0],
+                     **_nc_fields(_read(clean / "reconstruct.json")),
+                     "test_acc": _read(clean / "clean.json")["test_acc"]})
+        for scheme in schemes:
+            cell = work / scheme / f"seed{seed}"
+            embedded = _read(cell / "embed.json")
+            for fraction in fractions:
+                folder = cell / f"{fraction:g}"
+                launder = _read(folder / "laundering.json")
+                units = {kind: launder.get(f"units_reset_{kind}", sum(  # older metrics: per layer name
+                    v for k, v in launder.items() if k.startswith(f"units_reset_{prefix}")))
+                    for kind, prefix in (("conv", "features"), ("dense", "classifier"))}
+                rows.append({
+                    "scheme": scheme, "seed": seed, "adversary_fraction": fraction,
+                    **_nc_fields(_read(folder / "reconstruct.json")),
+                    "threshold": limits[scheme, seed], "test_acc_watermarked": embedded["test_acc"],
+                    "test_acc": launder["test_acc"], "wm_acc": launder["wm_acc"],
+                    "seconds": launder["time_s"], "units_reset_conv": units["conv"],
+                    "units_reset_dense": units["dense"],
+                })
+    arch = BASE["model.arch"]
+    return [{column: row.get(column, arch if column == "arch" else "") for column in COLUMNS} for row in rows]
+
+
+def _nc_fields(metrics: dict[str, Any]) -> dict[str, Any]:
+    l1 = [metrics[f"l1_{k}"] for k in range(sum(1 for key in metrics if key.startswith("l1_")))]
+    target = BASE["watermark.target"]
+    return {
+        "target_detected": metrics["target_detected"],
+        "target_anomaly": metrics["target_anomaly"],
+        "max_other_anomaly": metrics["max_other_anomaly"],
+        "target_rank": 1 + sum(1 for v in l1 if v < l1[target]),
+        "flagged": " ".join(str(k) for k in metrics["flagged"]),
+        "reconstruct_seconds": metrics["time_s"],
+    }
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summary(rows: list[dict]) -> str:
+    """Markdown: per scheme and fraction, mean +- std over seeds, and Neural Cleanse's hit count."""
+    def stat(values: list[float]) -> str:
+        values = [100 * float(v) for v in values]
+        spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):.2f} ± {spread:.2f}"
+
+    lines = ["| scheme | fraction | seeds | NC target detected | target anomaly | test acc wm % | "
+             "test acc laundered % | wm_acc % | threshold % | removed | s |", "|---|" * 1 + "---|" * 10]
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["scheme"], float(row["adversary_fraction"])), []).append(row)
+    for (scheme, fraction), group in groups.items():
+        detected = sum(str(r["target_detected"]) == "True" for r in group)
+        anomaly = statistics.fmean(float(r["target_anomaly"]) for r in group)
+        if scheme == "clean":
+            flagged = "; ".join(f"seed {r['seed']}: [{r['flagged']}]" for r in group)
+            lines.append(f"| clean | {fraction:g} | {len(group)} | {detected} (flagged: {flagged}) | "
+                         f"{anomaly:.2f} | | {stat([r['test_acc'] for r in group])} | | | | |")
+            continue
+        removed = sum(float(r["wm_acc"]) <= float(r["threshold"]) for r in group)
+        lines.append(
+            f"| {scheme} | {fraction:g} | {len(group)} | {detected} | {anomaly:.2f} | "
+            f"{stat([r['test_acc_watermarked'] for r in group])} | {stat([r['test_acc'] for r in group])} | "
+            f"{stat([r['wm_acc'] for r in group])} | {stat([r['threshold'] for r in group])} | "
+            f"{removed}/{len(group)} | {statistics.fmean(float(r['seconds']) for r in group):.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES,
+                        help=f"default: {' '.join(SCHEMES)}")
+    parser.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS),
+                        help="adversary fractions (default: 0.1 0.006)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a params.yaml key in every cell (repeatable)")
+    parser.add_argument("--jobs", type=int, default=1, help="cells at once, one process and CPU thread each "
+                                                             "(default 1)")
+    parser.add_argument("--work", default=".cache/aiken", help="folder for models and stage outputs, kept "
+                                                               "between runs (default .cache/aiken)")
+    parser.add_argument("--out", default="results/aiken_fashion_mnist.csv", help="the CSV written "
+                                                                                 "(default %(default)s)")
+    args = parser.parse_args(argv)
+    work = Path(args.work).resolve()
+    cell_params(args.seeds[0], args.schemes[0], args.fractions[0], args.set)  # a bad --set fails here
+
+    tasks = [(run_clean, (work, seed, args.fractions[0], args.set)) for seed in args.seeds]
+    tasks += [(run_cell, (work, seed, scheme, args.fractions, args.set))
+              for seed in args.seeds for scheme in args.schemes]
+    start = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        futures = [pool.submit(function, *arguments) for function, arguments in tasks]
+        for done, future in enumerate(as_completed(futures), start=1):
+            print(f"[{done}/{len(tasks)}] {future.result()} done at {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr, flush=True)
+    rows = collect(work, args.seeds, args.schemes, args.fractions)
+    write_csv(Path(args.out), rows)
+    print(summary(rows))
+    print(f"wall {time.perf_counter() - start:.0f} s; rows in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
