@@ -102,6 +102,14 @@ def test_check_records_follow_the_content_of_own_files(tmp_path, owner, monkeypa
     assert second["trigger_set.json"] == first["trigger_set.json"] and second["params.json"] == first["params.json"]
 
 
+def test_own_file_may_be_a_link_in_the_owner_folder(tmp_path, owner, monkeypatch):
+    """A large checkpoint kept elsewhere can be linked into owner/: DVC hashes what the link points to."""
+    monkeypatch.chdir(tmp_path)
+    (owner / "model.safetensors").rename(tmp_path / "kept_elsewhere.safetensors")
+    (owner / "model.safetensors").symlink_to(tmp_path / "kept_elsewhere.safetensors")
+    assert run_check(tmp_path, **{"model.checkpoint": "owner/model.safetensors"}) == 0
+
+
 def test_every_param_is_read_by_a_stage():
     """params.yaml holds no key that only `check` reads: each leaf is under some stage's `params:` entry."""
     from dvc.repo import Repo

@@ -24,6 +24,7 @@ a parameter's value, so a file elsewhere could change unseen.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,9 +105,12 @@ def write_records(folder: str | Path, records: dict[str, dict[str, Any]]) -> Non
 
 
 def _owned(key: str, value: str, owner: str | Path) -> Path:
-    """``value`` as a path inside ``owner``, or a :class:`ParamsError` that says how to put it there."""
+    """``value`` as a path inside ``owner``, or a :class:`ParamsError` that says how to put it there.
+
+    A symbolic link in ``owner`` to a file elsewhere counts as inside: DVC follows it.
+    """
     path, folder = Path(value), Path(owner)
-    if not path.resolve().is_relative_to(folder.resolve()):
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder)):
         raise ParamsError(
             f"{key}={value!r} is outside {folder}/, the folder DVC watches for your own files; "
             f"copy it there (cp -r {value} {folder}/) and set {key}={(folder / path.name).as_posix()}"
