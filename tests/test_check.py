@@ -56,6 +56,7 @@ def owner(tmp_path):
         ({"+betta": 10}, "unknown key 'betta'; did you mean 'beta'?"),
         ({"+removal.wild_js.bta": 1}, "unknown key 'removal.wild_js.bta'"),
         ({"watermark.target": 10}, "watermark.target 10 is not a class; use 0..9"),
+        ({"data.name": "fashion_mnist", "data.root": "nowhere"}, "data.root='nowhere': no FashionMNIST IDX files"),
         ({"model.checkpoint": "owner/truncated.safetensors"}, "model.checkpoint='owner/truncated.safetensors': "),
         ({"model.checkpoint": "owner/eleven.pt"}, "shape mismatch"),
         ({"model.checkpoint": "owner/module.pt"}, "refusing to load"),

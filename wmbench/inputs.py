@@ -69,10 +69,12 @@ def check_inputs(params_path: str | Path = "params.yaml", owner: str | Path = "o
     """
     params = load_params(params_path)
     check_supported(params.precision, resolve_device(params.device))
-    dataset = load_dataset(params.data.name, params.data.root, params.data.download)
+    with _naming("data.root", params.data.root):
+        dataset = load_dataset(params.data.name, params.data.root, params.data.download)
     channels, size, _ = dataset.image_shape
-    arch_kwargs = {"in_channels": channels, "image_size": size, "num_classes": dataset.num_classes}
-    model = create_model(params.model.arch, **arch_kwargs)
+    with _naming("model.arch", params.model.arch):
+        model = create_model(params.model.arch, in_channels=channels, image_size=size,
+                             num_classes=dataset.num_classes)
     build_watermark(
         params.watermark.scheme, params.watermark.scheme_options, target=params.watermark.target,
         image_shape=dataset.image_shape, num_classes=dataset.num_classes,
