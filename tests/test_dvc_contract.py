@@ -133,14 +133,14 @@ def test_changing_own_checkpoint_reruns_embed(repo, restore):
     set_params(repo, **{"model.checkpoint": "owner/model.safetensors"})
     assert dvc(repo, "repro", "embed")[0] == 0
     assert "up to date" in dvc(repo, "status", "--with-deps", "embed")[1]
-    scored = json.loads((repo / "metrics" / "embed.json").read_text())
+    imported = hashes(repo, ["models"])["models/watermarked.pt"]
 
     own_checkpoint(repo, seed=2)  # the same path, other weights
     code, out = dvc(repo, "status", "--with-deps", "embed")
     assert "check:" in out and "modified:" in out and "owner" in out
     code, out = dvc(repo, "repro", "embed")
     assert code == 0 and "Running stage 'embed'" in out and "Stage 'prepare' didn't change" in out
-    assert json.loads((repo / "metrics" / "embed.json").read_text()) != scored
+    assert hashes(repo, ["models"])["models/watermarked.pt"] != imported  # the new weights, imported
     assert "up to date" in dvc(repo, "status", "--with-deps", "embed")[1]
 
 
