@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 
@@ -17,7 +18,7 @@ from wmbench.checkpoint import save_checkpoint
 from wmbench.files import load_arrays
 from wmbench.params import ParamsError, load_params, parse_params
 from wmbench.prepared import load_prepared
-from wmbench.reconstruct import NeuralCleanseParams, mad_anomaly, neural_cleanse
+from wmbench.reconstruct import NeuralCleanseParams, load_reconstruction, mad_anomaly, neural_cleanse
 
 CPU = torch.device("cpu")
 
@@ -33,7 +34,7 @@ def search(model, images, seed: int = 0, classes=None, **settings):
 
 @pytest.fixture(scope="module")
 def square(tmp_path_factory):
-    """(params, report): Neural Cleanse on a lenet with a planted 4x4 square trigger, target 0, 8 epochs."""
+    """(params, report): Neural Cleanse with the default settings on a lenet with a planted 4x4 square, target 0."""
     from stages import prepare
 
     folder = tmp_path_factory.mktemp("square")
@@ -47,15 +48,15 @@ def square(tmp_path_factory):
     return params, mad_anomaly(found.l1)
 
 
-def test_planted_square_trigger_is_flagged(square):
+def test_planted_square_trigger_is_flagged_with_the_default_settings(square):
     params, report = square
-    assert report.most_likely == params.watermark.target
+    assert report.most_likely == params.watermark.target and int(report.rank[params.watermark.target]) == 1
     assert params.watermark.target in report.flagged
 
 
 def test_content_watermark_class_has_the_largest_index(watermarked):
     prepared, params, model, _ = watermarked
-    report = mad_anomaly(search(model, adversary_images(prepared)).l1)
+    report = mad_anomaly(search(model, adversary_images(prepared), epoch_images=256).l1)
     assert report.most_likely == params.watermark.target
     assert report.anomaly_index.argmax() == params.watermark.target
 
@@ -64,7 +65,7 @@ def test_triggers_stay_in_range_and_model_untouched(watermarked):
     prepared, _, model, _ = watermarked
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
-    found = search(model, adversary_images(prepared), steps=20)
+    found = search(model, adversary_images(prepared), epochs=3)
     assert found.masks.shape == (10, 1, 28, 28) and found.patterns.shape == (10, 1, 28, 28)
     for tensor in (found.masks, found.patterns):
         assert tensor.min() >= 0 and tensor.max() <= 1
@@ -78,9 +79,9 @@ def test_triggers_stay_in_range_and_model_untouched(watermarked):
 def test_batched_search_equals_one_class_alone(watermarked):
     prepared, _, model, _ = watermarked
     images = adversary_images(prepared)
-    together = search(model, images, seed=3, steps=60)
+    together = search(model, images, seed=3, epochs=6)
     for k in (0, 7):
-        alone = search(model, images, seed=3, steps=60, classes=[k])
+        alone = search(model, images, seed=3, epochs=6, classes=[k])
         torch.testing.assert_close(alone.masks[0], together.masks[k], atol=1e-3, rtol=0)
         torch.testing.assert_close(alone.patterns[0], together.patterns[k], atol=1e-3, rtol=0)
         assert alone.l1[0].item() == pytest.approx(together.l1[k].item(), abs=0.05)
@@ -89,7 +90,7 @@ def test_batched_search_equals_one_class_alone(watermarked):
 
 def test_same_seed_same_triggers(watermarked):
     prepared, _, model, _ = watermarked
-    first, second = (search(model, adversary_images(prepared), seed=5, steps=15) for _ in range(2))
+    first, second = (search(model, adversary_images(prepared), seed=5, epochs=2) for _ in range(2))
     assert torch.equal(first.masks, second.masks) and torch.equal(first.patterns, second.patterns)
 
 
@@ -100,7 +101,7 @@ def test_clean_model_stays_below_a_planted_trigger(watermarked, square):
     out, and by far less than the planted square (index 5 and more)."""
     prepared, params, _, _ = watermarked
     clean, _ = train_model(prepared, params, CPU, seed=1, watermark=False)
-    report = mad_anomaly(search(clean, adversary_images(prepared)).l1)
+    report = mad_anomaly(search(clean, adversary_images(prepared), epoch_images=256).l1)
     assert len(report.flagged) <= 1
     assert report.anomaly_index.max() < square[1].anomaly_index[square[0].watermark.target]
 
@@ -113,6 +114,7 @@ def test_mad_anomaly_on_hand_made_norms():
     assert report.anomaly_index[1].item() == pytest.approx(3.5 / (1.4826 * 2.5), rel=1e-5)
     assert (report.anomaly_index[5:] == 0).all()  # above the median: not anomalous
     assert report.flagged == [0] and report.most_likely == 0 and report.least_likely == 9
+    assert report.rank.tolist() == list(range(1, 11))
 
 
 def test_mad_anomaly_without_outlier_flags_nothing_but_still_ranks():
@@ -127,7 +129,7 @@ def test_mad_anomaly_orders_flagged_by_index():
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("steps", 0, "steps=0 must be at least 1"),
+    ("epochs", 0, "epochs=0 must be at least 1"),
     ("attack_success_target", 1.5, "attack_success_target=1.5 is outside (0, 1]"),
     ("cost_multiplier", 1.0, "cost_multiplier=1.0 must exceed 1"),
 ])
@@ -139,7 +141,7 @@ def test_bad_settings_name_the_key(key, value, message):
 def test_stage_writes_triggers_metrics_and_plot_input(watermarked, prepared_dir, tmp_path):
     prepared, params, model, _ = watermarked
     save_checkpoint(tmp_path / "watermarked.pt", model, checkpoint_meta(prepared, params, 0, "watermarked"))
-    params_path = write_params(tmp_path, reconstruct={"steps": 40})
+    params_path = write_params(tmp_path, reconstruct={"epochs": 4})
     out, metrics_path = tmp_path / "artifacts", tmp_path / "reconstruct.json"
     reconstruct_stage.main(["--params", str(params_path), "--prepared", str(prepared_dir / "prepared"),
                             "--model", str(tmp_path / "watermarked.pt"), "--out", str(out),
@@ -155,6 +157,13 @@ def test_stage_writes_triggers_metrics_and_plot_input(watermarked, prepared_dir,
                             "target_anomaly", "max_other_anomaly", "time_s", "seed"}
     assert metrics["flagged_count"] == len(metrics["flagged"])
     assert metrics["target_anomaly"] == metrics["anomaly_0"]
+    rows = list(csv.DictReader((out / "classes.csv").open()))
+    assert [int(r["rank"]) for r in rows if r["class"] == "0"] == [metrics["target_rank"]]
+    assert sorted(int(r["rank"]) for r in rows) == sorted(1 + sum(float(o["l1"]) < float(r["l1"]) for o in rows)
+                                                          for r in rows)
+    assert metrics["target_detected"] == (metrics["target_rank"] == 1 and 0 in metrics["flagged"])
+    again = load_reconstruction(out / "triggers.npz", CPU)
+    np.testing.assert_allclose(again.l1.numpy(), [float(r["l1"]) for r in rows], atol=1e-4)
     masks, patterns, anomaly, flagged = plots_stage.reconstruction(out, metrics_path)
     np.testing.assert_array_equal(masks, arrays["masks"])
     np.testing.assert_array_equal(patterns, arrays["patterns"])

@@ -6,7 +6,8 @@ Laundering, Sec. 2.2 (Eq. 1, 2), Sec. 4 Step 1 and Step 3, Sec. 7.6.
 
 Every class is optimised in one batched tensor: masks (K, 1, H, W) and
 patterns (K, C, H, W); a step stamps the same B adversary images with every
-class's trigger and runs one (K*B, C, H, W) forward and backward pass. Classes
+class's trigger and runs one (K*B, C, H, W) forward and backward pass; the
+schedule (lambda, early stop) follows the reference code, per epoch. Classes
 do not interact: the loss is a sum of per-class terms, Adam is element-wise,
 and each class has its own lambda, counters and early stop; so a class comes
 out the same whether it is optimised with the others or alone
@@ -16,13 +17,17 @@ out the same whether it is optimised with the others or alone
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from wmbench.files import load_arrays, save_arrays_atomic
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD estimate a normal distribution's standard deviation
 
@@ -31,37 +36,47 @@ MAD_CONSISTENCY = 1.4826  # makes the MAD estimate a normal distribution's stand
 class NeuralCleanseParams:
     """``reconstruct.*`` in params.yaml: the optimisation and the outlier rule.
 
-    Defaults are sized for the embedded digits / lenet run, where Laundering
-    repeats the search every round: 10 classes x 16 images per step, 140-210
-    steps before every class has stopped, about 20k stamped images through the
-    model, about 3 s of one CPU core (``bench/reconstruct_speed.py``). On digits
-    they flag the watermark label of the content, noise and square schemes and
-    no class of clean models. Neural Cleanse (Wang et al., Sec. IV-A, and their
-    code) runs Adam at lr 0.1, betas (0.5, 0.9), lambda from 1e-3 adjusted once
-    per epoch of mini-batches, for up to 80 epochs; we count in steps (one
-    mini-batch per class) and adjust lambda every step, so we start lambda
-    nearer its working value and double the lr to settle within the budget.
-    A mask counts when every image of its batch is sent to the class; on all
-    the adversary's images such masks reach about 0.9 (``attack_success``).
+    The schedule is Neural Cleanse's reference code (Wang et al., IEEE S&P
+    2019, github.com/bolunwang/backdoor, ``visualizer.py``), counted in the
+    same units. One *epoch* is ``epoch_images`` of the adversary's images,
+    in shuffled passes that cycle a set smaller than that (the reference's
+    1,000 samples in mini-batches of 32, from a generator that loops), for
+    every class;
+    the attack success and the mask norm that decide everything are the means
+    over an epoch, never one mini-batch's. lambda starts at 0, so the search
+    first finds any trigger; once one succeeds for ``patience`` epochs lambda
+    is set to ``init_cost`` and then raised (lowered) after ``patience``
+    epochs above (below) the target; a class stops once lambda has gone both
+    ways and its best norm has not improved for ``early_stop_patience``
+    epochs (the reference: 5 x patience). Masks and patterns are sigmoids of
+    free parameters at lr 0.2, which is the reference's tanh / 2 + 0.5 at lr
+    0.1 exactly (sigmoid(2x) = tanh(x) / 2 + 0.5, and Adam's steps do not
+    depend on the gradient's scale).
+    An earlier version counted patience in single mini-batches of 16 and
+    judged success on one of them: on Fashion-MNIST it stopped classes while
+    their masks were near random and missed a 4x4 square (issue 12).
     """
 
-    steps: int = 300  # most optimisation steps; each step sees one batch of images for every class
-    batch_size: int = 16  # adversary images per class per step (the same images for every class)
-    lr: float = 0.2  # Adam (betas 0.5, 0.9, as Neural Cleanse) on the free mask and pattern parameters
-    init_cost: float = 1e-2  # initial lambda on |m|_1 (Neural Cleanse: 1e-3)
-    attack_success_target: float = 0.99  # a mask counts once this share of its batch is classified as its class
-    patience: int = 5  # steps above (below) the target before lambda is raised (lowered)
-    cost_multiplier: float = 1.5  # lambda *= this to raise it, /= this**1.5 to lower it (Neural Cleanse)
-    early_stop_patience: int = 20  # a class stops once its best norm has not improved for this many steps
+    epochs: int = 300  # most epochs per class (reference: 1,000); classes stop early far sooner
+    epoch_images: int = 1024  # stamped adversary images per class per epoch, cycling a small set (reference: 1,000)
+    batch_size: int = 32  # images per class per optimisation step (reference: 32)
+    lr: float = 0.2  # Adam (betas 0.5, 0.9) on the sigmoid's free parameters = the reference's tanh at 0.1
+    init_cost: float = 1e-3  # lambda once a trigger first succeeds; 0 before (reference: 1e-3, reset to 0)
+    attack_success_target: float = 0.99  # an epoch succeeds when this share of its stamped images go to the class
+    patience: int = 5  # epochs above (below) the target before lambda is raised (lowered) (reference: 5)
+    cost_multiplier: float = 1.5  # lambda *= this to raise it, /= this**1.5 to lower it (reference class default)
+    early_stop_patience: int = 25  # epochs without the best norm improving before a class stops (reference: 25)
     early_stop_threshold: float = 0.99  # "improved": the best norm fell below this share of the last best
     anomaly_threshold: float = 2.0  # flag classes whose anomaly index exceeds this (Neural Cleanse: 2)
 
+    RENAMED: ClassVar[dict[str, str]] = {"steps": "epochs (epoch_images images per class each; steps were batches)"}
+
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "patience", "early_stop_patience"):
+        for name in ("epochs", "epoch_images", "batch_size", "patience", "early_stop_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.lr <= 0 or self.init_cost < 0:
-            raise ValueError(f"lr={self.lr} must be positive and init_cost={self.init_cost} non-negative")
+        if self.lr <= 0 or self.init_cost <= 0:
+            raise ValueError(f"lr={self.lr} and init_cost={self.init_cost} must be positive")
         if not 0 < self.attack_success_target <= 1:
             raise ValueError(f"attack_success_target={self.attack_success_target} is outside (0, 1]")
         if self.cost_multiplier <= 1:
@@ -70,6 +85,11 @@ class NeuralCleanseParams:
             raise ValueError(f"early_stop_threshold={self.early_stop_threshold} is outside (0, 1]")
         if self.anomaly_threshold <= 0:
             raise ValueError(f"anomaly_threshold={self.anomaly_threshold} must be positive")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Mini-batches per epoch (the reference's ``mini_batch``: 1,000 / 32, rounded up here)."""
+        return -(-self.epoch_images // self.batch_size)
 
 
 @dataclass
@@ -87,7 +107,7 @@ class Reconstruction:
     l1: torch.Tensor  # (K,) mask L1 norms
     attack_success: torch.Tensor  # (K,) share of stamped images classified as the class
     classes: list[int] | None = None  # the label of each row; None: row k is label k
-    steps: int = 0  # optimisation steps run before every class had stopped
+    epochs: int = 0  # epochs run before every class had stopped
 
     def row(self, label: int) -> int:
         """The row holding ``label``'s trigger."""
@@ -114,6 +134,7 @@ class AnomalyReport:
     flagged: list[int]  # classes whose index exceeds the threshold, most anomalous first
     most_likely: int  # the smallest-norm class: the likeliest to be watermarked
     least_likely: int  # the largest-norm class: the least likely (Aiken et al., Sec. 4 Step 3)
+    rank: torch.Tensor  # (K,) 1 for the smallest norm, K for the largest (ties share the better rank)
 
 
 def neural_cleanse(
@@ -122,6 +143,7 @@ def neural_cleanse(
     settings: NeuralCleanseParams,
     generator: torch.Generator,
     classes: Sequence[int] | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
 ) -> Reconstruction:
     """Reverse-engineer the smallest trigger (mask m, pattern Delta) for every class at once.
 
@@ -133,8 +155,9 @@ def neural_cleanse(
     the model's device. ``classes`` picks a subset (default: every class). The
     model's weights, gradients and train/eval mode are left as they were.
     ``generator`` (on the images' device) draws the initial triggers for all
-    classes, then one batch of image indices per step shared by all classes, so
+    classes, then each epoch's image order, shared by all classes, so
     a class's random stream does not depend on which others run beside it.
+    ``on_epoch(epoch, classes_still_active)`` is called after every epoch (progress).
     """
     with _inspecting(model):
         num_classes = _num_classes(model, images)
@@ -143,10 +166,33 @@ def neural_cleanse(
         if bad or not chosen:
             raise ValueError(f"classes {bad or chosen} are not classes of this model; use 0..{num_classes - 1}")
         search = _Search(model, images, settings, generator, chosen, num_classes)
-        steps = search.run()
+        search.on_epoch = on_epoch
+        epochs = search.run()
         masks, patterns, l1 = search.best()
         success = _attack_success(model, images, masks, patterns, chosen)
-    return Reconstruction(masks, patterns, l1, success, None if classes is None else chosen, steps)
+    return Reconstruction(masks, patterns, l1, success, None if classes is None else chosen, epochs)
+
+
+def save_reconstruction(path: str | Path, found: Reconstruction) -> None:
+    """Masks (K, H, W), patterns, norms and attack success as an ``.npz`` (row k: class k), atomically."""
+    save_arrays_atomic(path, masks=found.masks[:, 0].float().cpu().numpy(),
+                       patterns=found.patterns.float().cpu().numpy(), l1=found.l1.float().cpu().numpy(),
+                       attack_success=found.attack_success.float().cpu().numpy())
+
+
+def load_reconstruction(path: str | Path, device: torch.device) -> Reconstruction:
+    """What :func:`save_reconstruction` wrote, on ``device``; names the stage to run when it is missing.
+
+    Files from before the norms were saved are refused with the fix (re-run the stage).
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found; run `dvc repro reconstruct` first")
+    arrays = load_arrays(path)
+    missing = {"masks", "patterns", "l1", "attack_success"} - set(arrays)
+    if missing:
+        raise ValueError(f"{path} lacks {sorted(missing)}; re-run `dvc repro -f reconstruct`")
+    tensors = {key: torch.from_numpy(arrays[key]).to(device) for key in ("masks", "patterns", "l1", "attack_success")}
+    return Reconstruction(tensors["masks"][:, None], tensors["patterns"], tensors["l1"], tensors["attack_success"])
 
 
 def mad_anomaly(l1: torch.Tensor, threshold: float = 2.0) -> AnomalyReport:
@@ -176,6 +222,7 @@ def mad_anomaly(l1: torch.Tensor, threshold: float = 2.0) -> AnomalyReport:
         flagged=flagged,
         most_likely=int(torch.argmin(l1)),
         least_likely=int(torch.argmax(l1)),
+        rank=1 + (l1[None, :] < l1[:, None]).sum(1),
     )
 
 
@@ -183,8 +230,11 @@ class _Search:
     """The batched optimisation state: free parameters, per-class lambda, counters and best masks.
 
     Every per-class quantity is a tensor with a leading class axis, updated by
-    ``torch.where``; nothing syncs with the host inside a step.
+    ``torch.where`` once per epoch; the host reads which classes are still
+    active once per epoch, nothing inside one.
     """
+
+    on_epoch: Callable[[int, int], None] | None = None  # see neural_cleanse
 
     def __init__(
         self,
@@ -208,84 +258,105 @@ class _Search:
         self.pattern_free = torch.logit(pattern_init, eps=1e-3).requires_grad_()  # (K, C, H, W)
         self.optimizer = torch.optim.Adam([self.mask_free, self.pattern_free], lr=settings.lr, betas=(0.5, 0.9))
         zeros = torch.zeros(k, device=device, dtype=torch.long)
-        self.cost = torch.full((k,), settings.init_cost, device=device)
-        self.above, self.below = zeros.clone(), zeros.clone()  # consecutive steps above / below the target
-        self.raised = torch.zeros(k, device=device, dtype=torch.bool)  # lambda has been raised at least once
-        self.lowered = self.raised.clone()  # ... and lowered at least once
-        self.stale = zeros.clone()  # steps without the best norm improving
+        falses = torch.zeros(k, device=device, dtype=torch.bool)
+        self.cost = torch.zeros(k, device=device)  # lambda: 0 until a trigger first succeeds (reference)
+        self.started = zeros.clone()  # consecutive successful epochs at lambda 0
+        self.above, self.below = zeros.clone(), zeros.clone()  # consecutive epochs above / below the target
+        self.raised, self.lowered = falses.clone(), falses.clone()  # lambda went up / down since it was set
+        self.stale = zeros.clone()  # epochs without the best norm improving
         self.last_best = torch.full((k,), math.inf, device=device)
-        self.active = torch.ones(k, device=device, dtype=torch.bool)
+        self.active = ~falses
         self.rows = torch.arange(k, device=device)
         self.best_l1 = torch.full((k,), math.inf, device=device)
         self.best_mask = torch.sigmoid(self.mask_free).detach().clone()
         self.best_pattern = torch.sigmoid(self.pattern_free).detach().clone()
 
     def run(self) -> int:
-        """Optimise until every class has stopped or ``steps`` ran out; the number of steps run.
+        """Optimise until every class has stopped or ``epochs`` ran out; the number of epochs run."""
+        for epoch in range(1, self.settings.epochs + 1):
+            self.epoch()
+            self.rows = torch.nonzero(self.active).flatten()
+            if self.on_epoch is not None:
+                self.on_epoch(epoch, len(self.rows))
+            if len(self.rows) == 0:
+                return epoch
+        return self.settings.epochs
 
-        Which classes are still active is read every ``patience`` steps, so the
-        host waits for the device rarely; stopped classes then leave the batch
-        and their best masks are frozen.
-        """
-        for step in range(1, self.settings.steps + 1):
-            self.step()
-            if step % self.settings.patience == 0:
-                self.rows = torch.nonzero(self.active).flatten()
-                if len(self.rows) == 0:
-                    return step
-        return self.settings.steps
-
-    def step(self) -> None:
-        """One Adam step on every class, then lambda, best mask and early stop per class."""
-        n, b = len(self.images), self.settings.batch_size
-        index = torch.randint(n, (b,), device=self.generator.device, generator=self.generator).to(self.images.device)
-        batch = self.images[index]  # (B, C, H, W)
-        rows = self.rows  # the R classes still active at the last check
-        mask, pattern = torch.sigmoid(self.mask_free[rows]), torch.sigmoid(self.pattern_free[rows])
-        stamped = (1 - mask[:, None]) * batch[None] + (mask * pattern)[:, None]  # (R, B, C, H, W)
-        logits = self.model(stamped.flatten(0, 1))  # (R * B, classes)
+    def epoch(self) -> None:
+        """An epoch of Adam steps on every active class, then the epoch's bookkeeping."""
+        s = self.settings
+        b, steps = s.batch_size, s.steps_per_epoch
+        order = self.epoch_order(steps * b)
+        rows = self.rows  # the R classes still active
         targets = self.labels[rows].repeat_interleave(b)
-        ce = F.cross_entropy(logits, targets, reduction="none").view(-1, b).mean(1)  # (R,)
-        l1 = mask.flatten(1).sum(1)  # (R,)
-        loss = (ce + self.cost[rows] * l1).sum()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        success = torch.zeros(len(rows), device=self.images.device)
+        norm = torch.zeros(len(rows), device=self.images.device)
+        for step in range(steps):
+            batch = self.images[order[step * b : (step + 1) * b]]  # (B, C, H, W)
+            mask, pattern = torch.sigmoid(self.mask_free[rows]), torch.sigmoid(self.pattern_free[rows])
+            stamped = (1 - mask[:, None]) * batch[None] + (mask * pattern)[:, None]  # (R, B, C, H, W)
+            logits = self.model(stamped.flatten(0, 1))  # (R * B, classes)
+            ce = F.cross_entropy(logits, targets, reduction="none").view(-1, b).mean(1)  # (R,)
+            l1 = mask.flatten(1).sum(1)  # (R,)
+            loss = (ce + self.cost[rows] * l1).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                success += (logits.argmax(1) == targets).float().view(-1, b).mean(1)
+                norm += l1.detach()
         with torch.no_grad():
-            success = (logits.argmax(1) == targets).float().view(-1, b).mean(1)
-            self.record(rows, mask.detach(), pattern.detach(), l1.detach(), success)
+            self.record(rows, success / steps, norm / steps)
 
-    def record(
-        self, rows: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor, l1: torch.Tensor, success: torch.Tensor
-    ) -> None:
-        """Keep improved masks, adapt lambda, and stop classes whose best norm stalls (Neural Cleanse).
+    def epoch_order(self, count: int) -> torch.Tensor:
+        """``count`` image indices: shuffled passes over the adversary's images, as many as needed."""
+        n = len(self.images)
+        passes = [torch.randperm(n, device=self.generator.device, generator=self.generator)
+                  for _ in range(-(-count // n))]
+        return torch.cat(passes)[:count].to(self.images.device)
 
-        ``rows`` are the classes this step optimised; the others count as inactive.
+    def record(self, rows: torch.Tensor, success: torch.Tensor, norm: torch.Tensor) -> None:
+        """The reference's end-of-epoch steps per class: keep the best mask, early stop, then adapt lambda.
+
+        ``success`` and ``norm`` are the epoch's means for the optimised ``rows``;
+        the other classes count as inactive.
         """
         s = self.settings
         active = torch.zeros_like(self.active).index_fill(0, rows, True) & self.active
-        mask, pattern = _scatter(rows, mask, self.best_mask), _scatter(rows, pattern, self.best_pattern)
-        l1, success = _scatter(rows, l1, self.best_l1), _scatter(rows, success, self.cost)
-        reached = success >= s.attack_success_target
-        better = active & reached & (l1 < self.best_l1)
-        self.best_l1 = torch.where(better, l1, self.best_l1)
+        success, norm = _scatter(rows, success, self.cost), _scatter(rows, norm, self.best_l1)
+        reached = active & (success >= s.attack_success_target)
+
+        # Keep the current trigger when the epoch succeeded with a smaller mean norm than any before.
+        better = reached & (norm < self.best_l1)
+        mask, pattern = torch.sigmoid(self.mask_free), torch.sigmoid(self.pattern_free)
+        self.best_l1 = torch.where(better, norm, self.best_l1)
         self.best_mask = torch.where(better[:, None, None, None], mask, self.best_mask)
         self.best_pattern = torch.where(better[:, None, None, None], pattern, self.best_pattern)
 
-        self.above = torch.where(active & reached, self.above + 1, torch.zeros_like(self.above))
-        self.below = torch.where(active & ~reached, self.below + 1, torch.zeros_like(self.below))
-        up, down = self.above >= s.patience, self.below >= s.patience
+        # Early stop: lambda has gone both ways and the best norm has stalled for early_stop_patience epochs.
+        found = torch.isfinite(self.best_l1)
+        stalled = self.best_l1 >= s.early_stop_threshold * self.last_best
+        self.stale = torch.where(active & found, torch.where(stalled, self.stale + 1, 0), self.stale)
+        self.last_best = torch.where(active, torch.minimum(self.best_l1, self.last_best), self.last_best)
+        done = self.raised & self.lowered & (self.stale >= s.early_stop_patience)
+
+        # lambda: set to init_cost after `patience` successful epochs at 0, then raised / lowered.
+        self.started = torch.where(active & reached & (self.cost == 0), self.started + 1,
+                                   torch.where(active, 0, self.started))
+        begin = self.started >= s.patience
+        self.cost = torch.where(begin, s.init_cost, self.cost)
+        self.started = torch.where(begin, 0, self.started)
+        self.above, self.below = torch.where(begin, 0, self.above), torch.where(begin, 0, self.below)
+        self.raised, self.lowered = self.raised & ~begin, self.lowered & ~begin
+        self.above = torch.where(active, torch.where(reached, self.above + 1, 0), self.above)
+        self.below = torch.where(active, torch.where(reached, 0, self.below + 1), self.below)
+        up = self.above >= s.patience
+        down = ~up & (self.below >= s.patience)
         self.cost = torch.where(up, self.cost * s.cost_multiplier, self.cost)
         self.cost = torch.where(down, self.cost / s.cost_multiplier**1.5, self.cost)
         self.above, self.below = torch.where(up, 0, self.above), torch.where(down, 0, self.below)
         self.raised, self.lowered = self.raised | up, self.lowered | down
-
-        # Stalls count only once lambda has gone both ways, i.e. it brackets the balance of CE and norm.
-        settled = self.raised & self.lowered & torch.isfinite(self.best_l1)
-        stalled = settled & (self.best_l1 >= s.early_stop_threshold * self.last_best)
-        self.stale = torch.where(active & stalled, self.stale + 1, torch.where(active, 0, self.stale))
-        self.last_best = torch.where(active & settled, torch.minimum(self.best_l1, self.last_best), self.last_best)
-        self.active = active & (self.stale < s.early_stop_patience)
+        self.active = active & ~done
 
     def best(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Masks, patterns and L1 norms: the smallest that reached the target, else the last ones."""
