@@ -15,7 +15,17 @@ from wmbench.params import Params
 from wmbench.precision import autocast, channels_last_model, channels_last_prepared
 from wmbench.prepared import Prepared, load_prepared
 from wmbench.seeding import generator
-from wmbench.stage import Timer, run_stage, stage_parser, start
+from wmbench.stage import (
+    SETTINGS_HELP,
+    Timer,
+    run_settings,
+    run_stage,
+    settings_path,
+    stage_parser,
+    start,
+    write_settings,
+    writing_outputs,
+)
 from wmbench.training import Evaluate, fit, make_optimizer, make_scheduler
 
 
@@ -82,13 +92,15 @@ def checkpoint_meta(prepared: Prepared, params: Params, seed: int, role: str) ->
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = stage_parser(__doc__)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--model", default="models/watermarked.pt")
-    parser.add_argument("--metrics", default="metrics/embed.json")
-    parser.add_argument("--plot", default="plots/embed.csv")
+    parser = stage_parser(__doc__, "embed")
+    parser.add_argument("--prepared", default="data/prepared", help="the prepare stage's folder")
+    parser.add_argument("--model", default="models/watermarked.pt", help="the watermarked checkpoint written")
+    parser.add_argument("--metrics", default="metrics/embed.json", help="test_acc, wm_acc, time_s, seed, threads")
+    parser.add_argument("--plot", default="plots/embed.csv", help="one row per epoch: loss, lr, test_acc, wm_acc")
+    parser.add_argument("--settings", help=SETTINGS_HELP)
     args = parser.parse_args(argv)
-    params, device = start(args.params)
+    params, device = start(args.params, args.threads)
+    settings = run_settings("embed", params, device, train=params.train, embedding=params.watermark.embedding)
     prepared = channels_last_prepared(load_prepared(args.prepared), params.channels_last)
     timer = Timer()
 
@@ -102,10 +114,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     meta = checkpoint_meta(prepared, params, params.seed, "watermarked")
     if params.model.checkpoint:
         meta["source"] = params.model.checkpoint
-    save_checkpoint(args.model, model, meta)
-    write_csv_atomic(args.plot, history)
-    metrics = {"test_acc": final["test_acc"], "wm_acc": final["wm_acc"], "time_s": timer.seconds, "seed": params.seed}
-    write_json_atomic(args.metrics, metrics)
+    metrics = {"test_acc": final["test_acc"], "wm_acc": final["wm_acc"], "time_s": timer.seconds, "seed": params.seed,
+               "threads": params.threads}
+    with writing_outputs():
+        save_checkpoint(args.model, model, meta)
+        write_csv_atomic(args.plot, history)
+        write_json_atomic(args.metrics, metrics)
+        write_settings(settings_path(args.metrics, args.settings), settings)
     print(f"embed: {metrics}")
 
 

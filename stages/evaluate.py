@@ -14,7 +14,17 @@ from wmbench.evaluate import Evaluator, null_rate, verdicts
 from wmbench.files import read_json, write_csv_atomic, write_json_atomic
 from wmbench.precision import autocast, channels_last_model, channels_last_prepared
 from wmbench.prepared import load_prepared
-from wmbench.stage import Timer, run_stage, stage_parser, start
+from wmbench.stage import (
+    SETTINGS_HELP,
+    Timer,
+    run_settings,
+    run_stage,
+    settings_path,
+    stage_parser,
+    start,
+    write_settings,
+    writing_outputs,
+)
 
 
 def find_models(models: Path) -> dict[str, Path]:
@@ -26,14 +36,18 @@ def find_models(models: Path) -> dict[str, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = stage_parser(__doc__)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--models", default="models")
+    parser = stage_parser(__doc__, "evaluate")
+    parser.add_argument("--prepared", default="data/prepared", help="the prepare stage's folder")
+    parser.add_argument("--models", default="models",
+                        help="folder scored: <models>/watermarked.pt, <models>/vanilla/*.pt, <models>/removed/*.pt")
     parser.add_argument("--vanilla", default="models/vanilla/calibration.json", help="the clean models' threshold")
-    parser.add_argument("--metrics", default="metrics/summary.json")
-    parser.add_argument("--plot", default="plots/summary.csv")
+    parser.add_argument("--metrics", default="metrics/summary.json",
+                        help="per model: test_acc, wm_acc, test_acc_drop, removed, p_value, ownership_verified, useful")
+    parser.add_argument("--plot", default="plots/summary.csv", help="the same table, one row per model")
+    parser.add_argument("--settings", help=SETTINGS_HELP)
     args = parser.parse_args(argv)
-    params, device = start(args.params)
+    params, device = start(args.params, args.threads)
+    settings = run_settings("evaluate", params, device, evaluate=params.evaluate)
     prepared = channels_last_prepared(load_prepared(args.prepared), params.channels_last)
     threshold = read_json(args.vanilla)["threshold"]
     timer = Timer()
@@ -46,14 +60,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
     trigger_size = len(evaluator.trigger)
     table = verdicts(scores, threshold=threshold, trigger_size=trigger_size, alpha=params.evaluate.alpha)
-    write_csv_atomic(args.plot, [{"model": name, **row} for name, row in table.items()])
-    write_json_atomic(args.metrics, {
-        "threshold": threshold,
-        "null_rate": null_rate(threshold, trigger_size),
-        "trigger_size": trigger_size,
-        "alpha": params.evaluate.alpha,
-        **table,
-    })  # no time_s: the plots stage depends on these bytes
+    with writing_outputs():
+        write_csv_atomic(args.plot, [{"model": name, **row} for name, row in table.items()])
+        write_json_atomic(args.metrics, {
+            "threshold": threshold,
+            "null_rate": null_rate(threshold, trigger_size),
+            "trigger_size": trigger_size,
+            "alpha": params.evaluate.alpha,
+            "threads": params.threads,
+            **table,
+        })  # no time_s: the plots stage depends on these bytes
+        write_settings(settings_path(args.metrics, args.settings), settings)
     print(f"evaluate: {len(table)} models in {timer.seconds:.1f}s")
     for name, row in table.items():
         print(f"evaluate: {name:<16} test_acc {row['test_acc']:.4f}  wm_acc {row['wm_acc']:.3f}  "

@@ -17,7 +17,17 @@ from wmbench.checkpoint import load_checkpoint
 from wmbench.export import export_onnx
 from wmbench.files import write_json_atomic
 from wmbench.prepared import Prepared, load_prepared
-from wmbench.stage import Timer, run_stage, stage_parser, start
+from wmbench.stage import (
+    SETTINGS_HELP,
+    Timer,
+    run_settings,
+    run_stage,
+    settings_path,
+    stage_parser,
+    start,
+    write_settings,
+    writing_outputs,
+)
 
 
 def exported_models(models: Path) -> dict[str, Path]:
@@ -33,18 +43,22 @@ def check_images(prepared: Prepared, count: int) -> torch.Tensor:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = stage_parser(__doc__)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--models", default="models")
+    parser = stage_parser(__doc__, "export")
+    parser.add_argument("--prepared", default="data/prepared", help="the prepare stage's folder")
+    parser.add_argument("--models", default="models",
+                        help="folder with watermarked.pt and removed/<method>.pt (clean models are not exported)")
     parser.add_argument("--out", default="exports", help="folder for the .onnx files")
-    parser.add_argument("--metrics", default="metrics/export.json")
+    parser.add_argument("--metrics", default="metrics/export.json",
+                        help="per model: size, largest logit difference and label mismatches against PyTorch")
+    parser.add_argument("--settings", help=SETTINGS_HELP)
     args = parser.parse_args(argv)
-    params, _ = start(args.params)
+    params, _ = start(args.params, args.threads)
+    settings = run_settings("export", params, torch.device("cpu"), export=params.export)
     prepared = load_prepared(args.prepared)
     timer = Timer()
 
     images = check_images(prepared, params.export.check_images)
-    metrics: dict = {"tolerance": params.export.tolerance, "opset": params.export.opset}
+    metrics: dict = {"tolerance": params.export.tolerance, "opset": params.export.opset, "threads": params.threads}
     for name, path in exported_models(Path(args.models)).items():
         model = load_checkpoint(path).build_model()
         check = export_onnx(
@@ -55,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"export: {name:<12} {check.bytes / 1024:.0f} KiB  max |dlogit| {check.max_abs_diff:.2e}  "
               f"label mismatches {check.label_mismatches}/{check.images}")
     metrics["time_s"] = timer.seconds
-    write_json_atomic(args.metrics, metrics)
+    with writing_outputs():
+        write_json_atomic(args.metrics, metrics)
+        write_settings(settings_path(args.metrics, args.settings), settings)
 
 
 if __name__ == "__main__":

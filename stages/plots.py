@@ -78,7 +78,8 @@ def watermark_examples(
 def reconstruction(folder: Path, metrics: Path) -> tuple[np.ndarray | None, np.ndarray | None, dict[int, float], Any]:
     """Masks (K, H, W), patterns (K, C, H, W), anomaly index per class, flagged class.
 
-    Reads ``metrics/reconstruct.json`` (``anomaly_<k>``, and the flagged
+    Reads ``<folder>/classes.csv`` (``class``, ``anomaly``; or older metrics'
+    ``anomaly_<k>`` keys), ``metrics/reconstruct.json`` (the flagged
     class: ``most_likely`` when the ``flagged`` list is not empty, or an int
     ``flagged``) and the ``.npz`` files under ``folder``: either arrays
     ``masks`` / ``patterns`` with a leading class axis, or one file per class
@@ -86,6 +87,8 @@ def reconstruction(folder: Path, metrics: Path) -> tuple[np.ndarray | None, np.n
     """
     scores = read_json(metrics) if metrics.is_file() else {}
     anomaly = {int(m[1]): float(v) for k, v in scores.items() if (m := re.fullmatch(r"anomaly_(\d+)", k))}
+    if (folder / "classes.csv").is_file():
+        anomaly = {int(row["class"]): float(row["anomaly"]) for row in read_csv(folder / "classes.csv")}
     flagged = scores.get("flagged")
     if isinstance(flagged, list):
         flagged = scores.get("most_likely") if flagged else None
@@ -110,18 +113,20 @@ def reconstruction(folder: Path, metrics: Path) -> tuple[np.ndarray | None, np.n
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = stage_parser(__doc__)
-    parser.add_argument("--prepared", default="data/prepared")
-    parser.add_argument("--summary", default="metrics/summary.json")
+    parser = stage_parser(__doc__, "plots")
+    parser.add_argument("--prepared", default="data/prepared", help="the prepare stage's folder")
+    parser.add_argument("--summary", default="metrics/summary.json", help="the evaluate stage's table")
     parser.add_argument("--vanilla-metrics", default="models/vanilla/calibration.json",
                         help="the clean models' threshold (or metrics/vanilla.json)")
-    parser.add_argument("--vanilla-plot", default="plots/vanilla.csv")
+    parser.add_argument("--vanilla-plot", default="plots/vanilla.csv", help="the clean models' per-epoch curves")
     parser.add_argument("--removal-plots", default="plots/remove", help="folder of <method>.csv curves")
-    parser.add_argument("--reconstruct", default="artifacts/reconstruct", help="folder of Neural Cleanse .npz")
-    parser.add_argument("--reconstruct-metrics", default="metrics/reconstruct.json")
+    parser.add_argument("--reconstruct", default="artifacts/reconstruct",
+                        help="folder of Neural Cleanse .npz and classes.csv (anomaly index per class)")
+    parser.add_argument("--reconstruct-metrics", default="metrics/reconstruct.json",
+                        help="the flagged and most likely class")
     parser.add_argument("--out", default="plots", help="folder for the PNGs")
     args = parser.parse_args(argv)
-    params, _ = start(args.params)
+    params, _ = start(args.params, args.threads)
     prepared = load_prepared(args.prepared)
     threshold = float(read_json(args.vanilla_metrics)["threshold"])
     out = Path(args.out)

@@ -11,7 +11,7 @@ from wmbench.data import Dataset, adversary_indices, load_dataset
 from wmbench.params import Params
 from wmbench.prepared import Prepared, save_prepared, to_uint8
 from wmbench.seeding import derive_seed, generator
-from wmbench.stage import Timer, run_stage, stage_parser, start
+from wmbench.stage import Timer, run_stage, stage_parser, start, writing_outputs
 from wmbench.triggers import load_trigger_set
 from wmbench.watermarks import Watermark, build_watermark
 
@@ -68,10 +68,10 @@ def build_trigger_sets(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = stage_parser(__doc__)
+    parser = stage_parser(__doc__, "prepare")
     parser.add_argument("--out", default="data/prepared", help="output folder")
     args = parser.parse_args(argv)
-    params, _ = start(args.params)
+    params, _ = start(args.params, args.threads)
     timer = Timer()
 
     dataset = load_dataset(params.data.name, params.data.root, params.data.download)
@@ -94,8 +94,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             arrays["adversary"][1], minlength=dataset.num_classes
         ).tolist(),
     }  # no wall-clock time: every later stage depends on these bytes
-    save_prepared(args.out, Prepared(arrays, info))
-    print(f"prepare: {info['counts']} in {timer.seconds:.1f}s")
+    with writing_outputs():
+        save_prepared(args.out, Prepared(arrays, info))
+    print(f"prepare: {describe_counts(info['counts'], params.data.name, params.data.adversary_fraction)} "
+          f"in {timer.seconds:.1f}s")
+
+
+def describe_counts(counts: dict[str, int], dataset: str, fraction: float) -> str:
+    """The split's sizes in words: the adversary's images are a subset of the owner's, not more images."""
+    return (f"{dataset}: owner {counts['owner']:,} training images; adversary {counts['adversary']:,} of those "
+            f"({100 * fraction:g}%, a subset of the owner's); test {counts['test']:,}; "
+            f"{counts['embedding']:,} watermark samples for embedding; {counts['trigger']:,} trigger inputs "
+            "for verification")
 
 
 if __name__ == "__main__":

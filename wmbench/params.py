@@ -197,6 +197,10 @@ class Params:
     """The whole of params.yaml."""
 
     seed: int = 0
+    # CPU threads per stage process. 1: DVC runs one stage at a time and `dvc queue start -j N`
+    # runs N, so N <= cores never oversubscribes (two spinning threads per job on a busy 2-core
+    # machine cost 10x); 0 = every core this process may use, for one run on a quiet machine.
+    threads: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward passes to bfloat16 (recent GPUs)
     channels_last: bool = False  # conv weights and image batches in channels-last layout (recent GPUs)
@@ -216,6 +220,8 @@ class Params:
             raise ParamsError(f"seed={self.seed} must be >= 0")
         if self.beta < 0:
             raise ParamsError(f"beta={self.beta} must be >= 0")
+        if self.threads < 0:
+            raise ParamsError(f"threads={self.threads} must be >= 0 (0 = every core, 1 = one per stage process)")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             raise ParamsError(f"device={self.device!r}; valid: auto, cpu, cuda, cuda:N")
 
@@ -269,7 +275,10 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         raise ParamsError(f"{where or 'params'} must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    renamed = getattr(cls, "RENAMED", {})
     for key in raw:
+        if key in renamed:
+            raise ParamsError(f"{where}{key} was renamed; use {where}{renamed[key]}")
         if key not in names:
             raise ParamsError(_unknown(f"{where}{key}", key, names))
     kwargs = {name: _coerce(hints[name], raw[name], f"{where}{name}") for name in names if name in raw}

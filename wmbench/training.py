@@ -8,7 +8,7 @@ Losses are summed on the device and read (``.item()``) once per epoch.
 from __future__ import annotations
 
 import math
-import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from wmbench.progress import MID_EPOCH_SECONDS, Progress
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 Evaluate = Callable[[nn.Module], dict[str, float]]
@@ -131,15 +133,20 @@ def fit(
     maps a batch to a training batch on the device; ``after_step`` runs after
     every optimizer step (e.g. to keep pruned weights at zero). A NaN or
     infinite loss raises :class:`TrainingDivergedError` naming ``name`` and the lr.
+    Progress goes to stderr under ``name`` (:class:`wmbench.progress.Progress`).
     """
     history: list[dict[str, float]] = []
-    progress = _progress(epochs, name)
+    progress = Progress(epochs, name)
+    batches_per_epoch = max(1, math.ceil(len(data) / batch_size))
     for epoch in range(1, epochs + 1):
         model.train()
         total = torch.zeros((), device=data.device)
         steps = 0
         lr = optimizer.param_groups[0]["lr"]
+        epoch_start = time.monotonic()
         for images, labels in data.batches(batch_size, generator):
+            if steps and time.monotonic() - epoch_start > MID_EPOCH_SECONDS:
+                progress.within(steps / batches_per_epoch)
             if augment is not None:
                 images, labels = augment(images, labels)
             loss = loss_fn(model, images, labels)
@@ -162,18 +169,6 @@ def fit(
         if evaluate is not None:
             record.update(evaluate(model))
         history.append(record)
-        if progress is not None:
-            progress.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k != "epoch"})
-            progress.update()
-    if progress is not None:
-        progress.close()
+        progress.update(record)
+    progress.close()
     return history
-
-
-def _progress(epochs: int, name: str) -> Any:
-    """A tqdm bar on an interactive terminal, nothing otherwise (DVC logs stay clean)."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=epochs, desc=name, unit="epoch", leave=False)
