@@ -93,15 +93,9 @@ def run_cell(work: Path, seed: int, scheme: str, fractions: Sequence[float], set
             run_quietly(remove.main, ["--params", params, "--method", "laundering", "--prepared", prepared,
                                       "--model", str(model), "--out", str(folder / "laundering.pt"),
                                       "--metrics", str(folder / "laundering.json"),
-                                      "--plot", str(folder / "laundering.csv"), *removal_inputs(folder)], log)
+                                      "--plot", str(folder / "laundering.csv"),
+                                      "--reconstruct", str(folder / "reconstruct")], log)
     return f"{scheme} seed {seed}"
-
-
-def removal_inputs(folder: Path) -> list[str]:
-    """Arguments that hand laundering the cell's reconstruction, where the remove stage takes one."""
-    from stages import remove
-
-    return ["--reconstruct", str(folder / "reconstruct")] if hasattr(remove, "RECONSTRUCT_INPUT") else []
 
 
 def run_clean(work: Path, seed: int, fraction: float, sets: Sequence[str]) -> str:
