@@ -10,7 +10,7 @@ seed and same random stream per class, so they differ only by float round-off
 (a batch of 160 and one of 16 are summed in different orders), which a few
 hundred adaptive steps grow to about 1%.
 
-    python -m bench.reconstruct_speed                  # lenet on digits, 2 threads
+    python -m bench.reconstruct_speed                  # lenet on digits, 1 thread
     python -m bench.reconstruct_speed --threads 1 --steps 300 --batch-size 32
     python -m bench.reconstruct_speed --device cuda --arch vgg16 --channels 3 --image-size 32
 """
@@ -25,6 +25,7 @@ import torch
 
 from wmbench.models import create_model
 from wmbench.reconstruct import NeuralCleanseParams, Reconstruction, neural_cleanse
+from wmbench.stage import HelpFormatter, set_threads
 from wmbench.training import DeviceData, fit, make_optimizer
 
 
@@ -65,17 +66,17 @@ def batched(model, images, settings, seed) -> tuple[float, Reconstruction]:
 
 
 def one_by_one(model, images, settings, seed, classes: int) -> tuple[float, torch.Tensor, int]:
-    """Seconds for a loop over the classes, one call each; their mask norms and summed steps."""
-    norms, steps = [], 0
+    """Seconds for a loop over the classes, one call each; their mask norms and summed epochs."""
+    norms, epochs = [], 0
     _sync(images.device)
     start = time.perf_counter()
     for k in range(classes):
         generator = torch.Generator(device=images.device).manual_seed(seed)
         found = neural_cleanse(model, images, settings, generator, classes=[k])
         norms.append(found.l1[0])
-        steps += found.steps
+        epochs += found.epochs
     _sync(images.device)
-    return time.perf_counter() - start, torch.stack(norms), steps
+    return time.perf_counter() - start, torch.stack(norms), epochs
 
 
 def _sync(device: torch.device) -> None:
@@ -84,20 +85,20 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--arch", default="lenet")
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--image-size", type=int, default=28)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = every core)")
+    parser.add_argument("--arch", default="lenet", help="architecture")
+    parser.add_argument("--channels", type=int, default=1, help="image channels (1 x 28 x 28: digits, else synthetic)")
+    parser.add_argument("--image-size", type=int, default=28, help="image side")
     parser.add_argument("--train-epochs", type=int, default=5, help="digits training before the search")
-    parser.add_argument("--steps", type=int, help="override NeuralCleanseParams.steps")
+    parser.add_argument("--epochs", type=int, help="override NeuralCleanseParams.epochs (the most per class)")
     parser.add_argument("--batch-size", type=int, help="override NeuralCleanseParams.batch_size")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the search")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
-    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v is not None}
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
     settings = dataclasses.replace(NeuralCleanseParams(), **overrides)
     if args.channels == 1 and args.image_size == 28:
         model, images = digits_model(args.arch, device, args.train_epochs)
@@ -106,14 +107,15 @@ def main() -> None:
     classes = 10
 
     t_batched, found = batched(model, images, settings, args.seed)
-    t_single, norms, single_steps = one_by_one(model, images, settings, args.seed, classes)
-    images_batched = found.steps * settings.batch_size * classes  # an upper bound: stopped classes leave
+    t_single, norms, single_epochs = one_by_one(model, images, settings, args.seed, classes)
+    # an upper bound: stopped classes leave the batch
+    images_batched = found.epochs * settings.steps_per_epoch * settings.batch_size * classes
     print(f"device {device}, {torch.get_num_threads()} threads, {args.arch}, {len(images)} images, "
-          f"steps <= {settings.steps}, batch {settings.batch_size} per class")
-    print("| run | seconds | steps | time ratio | max relative L1 difference |")
+          f"epochs <= {settings.epochs} of {settings.epoch_images} images, batch {settings.batch_size} per class")
+    print("| run | seconds | epochs | time ratio | max relative L1 difference |")
     print("|---|---|---|---|---|")
-    print(f"| batched (10 classes in one tensor) | {t_batched:.2f} | {found.steps} | 1.00 | |")
-    print(f"| class by class (Python loop) | {t_single:.2f} | {single_steps} (sum) | "
+    print(f"| batched (10 classes in one tensor) | {t_batched:.2f} | {found.epochs} | 1.00 | |")
+    print(f"| class by class (Python loop) | {t_single:.2f} | {single_epochs} (sum) | "
           f"{t_single / t_batched:.2f} | {float(((norms - found.l1).abs() / found.l1).max()):.1e} |")
     print(f"batched: at most {images_batched / t_batched:,.0f} stamped images per second")
 

@@ -15,7 +15,7 @@ memory is that stage's alone. Prints a markdown table:
   ``main()`` for reconstruct and evaluate): embed (owner + watermark samples) x
   epochs; vanilla owner x epochs x seeds; remove the adversary's images x
   training epochs, x (1 + copies) for WILD (clean + erased in one forward);
-  reconstruct steps x batch x classes (an upper bound: stopped classes leave
+  reconstruct epochs x epoch_images x classes (an upper bound: stopped classes leave
   the batch); evaluate (test + trigger) x models. prepare and export: none.
 - peak RSS: the child's ``ru_maxrss``; on CUDA also ``torch.cuda.max_memory_allocated``.
 - GFLOP/s: images/s x the model's forward FLOPs per image x 3 for training and
@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from wmbench.stage import HelpFormatter
+
 if TYPE_CHECKING:
     from wmbench.prepared import Prepared
 
@@ -79,10 +81,12 @@ def _module_argv(cmd: str) -> list[str]:
     return words[2:]
 
 
-def write_params(folder: Path, device: str, precision: str, channels_last: bool) -> None:
-    """The project's params.yaml with the three speed-related keys set."""
+def write_params(folder: Path, device: str, precision: str, channels_last: bool, threads: int | None = None) -> None:
+    """The project's params.yaml with the speed-related keys set (``threads`` only when given)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params.update(device=device, precision=precision, channels_last=channels_last)
+    if threads is not None:
+        params["threads"] = threads
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -159,8 +163,8 @@ def images_processed(folder: Path, name: str, params: dict[str, Any]) -> int | N
     if name == "vanilla":
         return counts["owner"] * training_epochs(folder / "plots/vanilla.csv")
     if name == "reconstruct":
-        steps = json.loads((folder / "metrics/reconstruct.json").read_text())["steps"]
-        return steps * params["reconstruct"]["batch_size"] * len(info["adversary_per_class"])
+        epochs = json.loads((folder / "metrics/reconstruct.json").read_text())["epochs"]
+        return epochs * params["reconstruct"]["epoch_images"] * len(info["adversary_per_class"])
     if name.startswith("remove@"):
         method = name.split("@", 1)[1]
         metrics = json.loads((folder / f"metrics/remove/{method}.json").read_text())
@@ -257,14 +261,16 @@ def table(rows: list[dict[str, Any]], cuda: bool, flops: int, peak_tflops: float
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3], sys.argv[4:])
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--channels-last", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the params' precision")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last: true (default: false)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="each stage's CPU threads (params `threads`; 0 = every core); default: params.yaml's")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's peak for the achieved share (default: the GPU's datasheet figure)")
     parser.add_argument("--reference-images", type=int, default=20000,
-                        help="images the reference loop trains on per batch-size setting (default 20000)")
+                        help="images the reference loop trains on per batch-size setting")
     parser.add_argument("--keep", help="run in this folder and keep it (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -273,7 +279,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="wmbench-stages-") as tmp:
         folder = Path(args.keep or tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        write_params(folder, args.device, args.precision, args.channels_last)
+        write_params(folder, args.device, args.precision, args.channels_last, args.threads)
         params = yaml.safe_load((folder / "params.yaml").read_text())
         rows = []
         for name, argv in stage_commands(ROOT / "dvc.yaml", REMOVALS.names()).items():
@@ -291,7 +297,7 @@ def main() -> None:
     import torch
 
     print(f"device {args.device}, precision {args.precision}, channels_last {args.channels_last}, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, the project's params.yaml, "
+          f"threads {params.get('threads', 1)} per stage, torch {torch.__version__}, the project's params.yaml, "
           f"{params['model']['arch']} {flops / 1e6:.2f} MFLOP/image forward")
     from bench.train_speed import run_peak
     from wmbench.device import resolve_device
