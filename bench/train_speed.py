@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wmbench.models import create_model
 from wmbench.precision import autocast, channels_last_model
+from wmbench.stage import HelpFormatter, set_threads
 from wmbench.training import DeviceData, fit, make_optimizer
 
 
@@ -173,20 +174,22 @@ def variants(precisions: list[str], channels_last: bool) -> list[tuple[str, bool
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--arch", nargs="+", default=["lenet", "zhang_mnist"])
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--image-size", type=int, default=28)
-    parser.add_argument("--images", type=int, default=8192)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = every core)")
+    parser.add_argument("--arch", nargs="+", default=["lenet", "zhang_mnist"], help="architectures to time")
+    parser.add_argument("--channels", type=int, default=1, help="image channels of the synthetic data")
+    parser.add_argument("--image-size", type=int, default=28, help="image side of the synthetic data")
+    parser.add_argument("--images", type=int, default=8192, help="synthetic training images")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per run")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
-                        help="our loop's precisions to run (default fp32)")
+                        help="our loop's precisions to run")
     parser.add_argument("--channels-last", action="store_true", help="also run each precision channels-last")
     parser.add_argument("--peak-tflops", type=float,
                         help="the device's peak for the achieved share (default: the GPU's datasheet figure)")
     args = parser.parse_args()
+    set_threads(args.threads)
     device = torch.device(args.device)
     images, labels = synthetic_uint8(args.images, args.channels, args.image_size)
     work = args.images * args.epochs

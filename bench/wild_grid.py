@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 
 from bench.stage_speed import removal_images
+from wmbench.stage import HelpFormatter
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMES = ("content", "noise", "unrelated")
@@ -230,17 +231,22 @@ def check_params(base: dict[str, Any], folder: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
-    parser.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the params' precision")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last: true (default: false)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="each stage run's CPU threads (params `threads`; 0 = every core; keep jobs x threads "
+                             "<= cores); default: params.yaml's")
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES, help="watermark schemes")
+    parser.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS),
+                        help="data.adversary_fraction values")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="CONFIG",
                         help=f"default all: {', '.join(CONFIGS)}")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a params.yaml key")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a params.yaml key (default: none)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="stage runs at once, each in its own process (a GPU takes several; default 1)")
+                        help="stage runs at once, each in its own process (a GPU takes several)")
     parser.add_argument("--keep", help="run in this folder and keep it (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -248,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     base.update(device=args.device, precision=args.precision, channels_last=args.channels_last)
+    if args.threads is not None:
+        base["threads"] = args.threads
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
@@ -267,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows = run_grid(base, folder, args.schemes, args.fractions, args.configs, args.jobs)
         wall = time.perf_counter() - start
     print(f"device {args.device}, precision {args.precision}, channels_last {args.channels_last}, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, data {base['data']['name']}, "
+          f"threads {base.get('threads', 1)} per run, torch {torch.__version__}, data {base['data']['name']}, "
           f"{base['train']['epochs']} embedding epochs, {len(args.schemes)} schemes x {len(args.fractions)} "
           f"fractions x {len(args.configs)} configurations, {args.jobs} job(s) at once")
     print(table(rows))

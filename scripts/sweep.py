@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 
 from wmbench.files import atomic_path
-from wmbench.sweep import collect_rows, markdown_table, queue_commands
+from wmbench.results import dvc_executable
+from wmbench.stage import HelpFormatter
+from wmbench.sweep import SUMMARY, collect_rows, markdown_table, queue_commands
 
 
 def dvc(*args: str, capture: bool = False) -> str:
     """Run one dvc command; stop with its output if it fails."""
-    result = subprocess.run(["dvc", *args], capture_output=capture, text=True, check=False)
+    result = subprocess.run([dvc_executable(), *args], capture_output=capture, text=True, check=False)
     if result.returncode != 0:
         sys.exit(f"`dvc {' '.join(args)}` failed ({result.returncode}): {result.stderr if capture else ''}")
     return result.stdout if capture else ""
@@ -39,7 +41,7 @@ def wait_for_queue(poll_s: float, retries: int = 5) -> str:
     """
     failures = 0
     while True:
-        result = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True, check=False)
+        result = subprocess.run([dvc_executable(), "queue", "status"], capture_output=True, text=True, check=False)
         if result.returncode != 0:
             failures += 1
             if failures > retries:
@@ -52,14 +54,16 @@ def wait_for_queue(poll_s: float, retries: int = 5) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--schemes", default="content,noise,unrelated", help="watermark.scheme values, comma-separated")
     parser.add_argument("--fractions", default="0.1,0.2,0.4", help="data.adversary_fraction values")
     parser.add_argument("--methods", default="", help="methods shown in the table (default: all; every method runs)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more -S settings")
-    parser.add_argument("--jobs", type=int, default=1, help="experiments run at once (dvc queue start -j)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="more -S settings (default: none)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="experiments run at once (dvc queue start -j); keep jobs x params `threads` <= cores")
     parser.add_argument("--prefix", default="sweep", help="experiment name prefix; the table reads these only")
-    parser.add_argument("--out", default="results/sweep.md")
+    parser.add_argument("--out", default="results/sweep.md", help="the markdown table written")
     parser.add_argument("--poll", type=float, default=10.0, help="seconds between queue polls")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from existing experiments")
     args = parser.parse_args(argv)
@@ -81,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
 
     methods = [m for m in args.methods.split(",") if m]
     rows = collect_rows(json.loads(dvc("exp", "show", "--json", capture=True)), prefix=args.prefix, methods=methods)
+    if not rows:
+        print(f"no experiment named {args.prefix}* with {SUMMARY} in `dvc exp show`; run the sweep without "
+              "--table-only, or pass the --prefix its experiments were queued with (`dvc exp list` names them)",
+              file=sys.stderr)
+        return 1
     table = markdown_table(rows)
     note = "" if args.table_only else f"\nSweep wall time: {wall:.0f} s with {args.jobs} job(s).\n"
     with atomic_path(args.out) as tmp:

@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "wm_acc_std": statistics.pstdev(final_wm),
         "test_acc_mean": statistics.fmean(final_test),
         "test_acc_std": statistics.pstdev(final_test),
+        "threads": params.threads,
         **{f"wm_acc_seed{s}": f["wm_acc"] for s, f in finals.items()},
         **{f"test_acc_seed{s}": f["test_acc"] for s, f in finals.items()},
     }
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_csv_atomic(args.plot, rows)
         # evaluate and plots depend on the calibration, so it holds no wall-clock time
         write_json_atomic(args.calibration or Path(args.models) / "calibration.json", calibration)
-        write_json_atomic(args.metrics, {**calibration, "time_s": timer.seconds, "threads": params.threads})
+        write_json_atomic(args.metrics, {**calibration, "time_s": timer.seconds})
         write_settings(settings_path(args.metrics, args.settings), settings)
     print(f"vanilla: threshold {threshold:.3f}, test_acc {calibration['test_acc_mean']:.4f} in {timer.seconds:.1f}s")
 

@@ -84,3 +84,11 @@ def test_queue_commands_cover_the_grid():
     assert first[6:] == ["-S", "watermark.scheme=content", "-S", "data.adversary_fraction=0.1",
                          "-S", "beta=10"]
     assert {c[5] for c in commands} == {"sweep-content-0p1", "sweep-content-0p4", "sweep-noise-0p1", "sweep-noise-0p4"}
+
+
+def test_table_only_on_no_experiments_says_why(monkeypatch, tmp_path, capsys):
+    from scripts import sweep
+
+    monkeypatch.setattr(sweep, "dvc", lambda *args, capture=False: "[]")
+    assert sweep.main(["--table-only", "--out", str(tmp_path / "t.md")]) == 1
+    assert "no experiment named sweep* with metrics/summary.json" in capsys.readouterr().err

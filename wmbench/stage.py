@@ -34,9 +34,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" in text or not action.option_strings or action.default in (None, argparse.SUPPRESS)
-                or isinstance(action, argparse._StoreTrueAction)):
+        if "default" in text or not action.option_strings or action.default in (None, argparse.SUPPRESS):
             return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
         return f"{text} (default: %(default)s)"
 
 
