@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-OUTPUTS = ("data", "models", "metrics", "plots", "exports", "artifacts")
+OUTPUTS = ("data", "models", "metrics", "plots", "exports", "artifacts", "settings")
 REFUSALS = [  # (dvc exp run -S arguments, what the error must name)
     (["train.epochs=ten"], "train.epochs='ten'"),
     (["beta=-1"], "beta=-1"),

@@ -50,15 +50,22 @@ def _summary(data: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def experiment_rows(exp_show: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``{"name", "changed": {key: value}, "summary": {...}}`` per baseline and experiment with a summary."""
+    """``{"name", "changed": {key: value}, "summary": {...}}`` per baseline and experiment with a summary.
+
+    An experiment's changed params are against its baseline commit; the workspace's against the newest commit.
+    """
     rows = []
+    commits = [b for b in exp_show if b.get("rev") != "workspace"]
+    head = _params(commits[0].get("data") or {}) if commits else {}
     for baseline in exp_show:
         base_data = baseline.get("data") or {}
         base_params = _params(base_data)
         if _summary(base_data):
             rev = str(baseline.get("rev", "?"))
-            name = baseline.get("name") or (rev if rev == "workspace" else rev[:7])
-            rows.append({"name": name, "changed": {}, "summary": _summary(base_data)})
+            workspace = rev == "workspace"
+            changed = {k: v for k, v in base_params.items() if head.get(k) != v} if workspace and commits else {}
+            name = baseline.get("name") or (rev if workspace else rev[:7])
+            rows.append({"name": name, "changed": changed, "summary": _summary(base_data)})
         for experiment in baseline.get("experiments") or []:
             revs = experiment.get("revs") or []
             if not revs or revs[0].get("error") or not _summary(revs[0].get("data") or {}):
