@@ -6,6 +6,8 @@ every ``models/removed/<method>.pt``), so a new removal method needs no change h
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
     trigger_size = len(evaluator.trigger)
     table = verdicts(scores, threshold=threshold, trigger_size=trigger_size, alpha=params.evaluate.alpha)
+    for row in table.values():  # dvc metrics diff prints 1e-77 as 0.0; its exponent reads at any precision
+        if "p_value" in row:
+            row["p_value_log10"] = round(math.log10(max(row["p_value"], sys.float_info.min)), 3)
     with writing_outputs():
         write_csv_atomic(args.plot, [{"model": name, **row} for name, row in table.items()])
         write_json_atomic(args.metrics, {

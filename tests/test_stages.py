@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -36,6 +37,9 @@ def test_spine_stages_write_their_outputs(tmp_path):
     assert set(summary) >= {"threshold", "watermarked", "vanilla_seed1", "vanilla_seed2"}
     assert all("." not in key for key in summary)
     assert summary["vanilla_seed1"]["removed"] is True
+    assert summary["watermarked"]["p_value_log10"] == pytest.approx(math.log10(summary["watermarked"]["p_value"]),
+                                                                     abs=1e-3)
+    assert summary["threads"] == 1 and json.loads((tmp_path / "summary.settings.json").read_text())["threads"] == 1
 
 
 def test_bad_params_fail_before_any_output(tmp_path, capsys):
