@@ -23,16 +23,30 @@ from wmbench.params import Params
 from wmbench.plotting import save_figure
 from wmbench.precision import autocast, channels_last_model, channels_last_prepared
 from wmbench.prepared import load_prepared
+from wmbench.progress import Progress
 from wmbench.reconstruct import AnomalyReport, Reconstruction, mad_anomaly, neural_cleanse
 from wmbench.seeding import generator
-from wmbench.stage import Timer, run_stage, stage_parser, start
+from wmbench.stage import (
+    SETTINGS_HELP,
+    Timer,
+    run_settings,
+    run_stage,
+    settings_path,
+    stage_parser,
+    start,
+    write_settings,
+    writing_outputs,
+)
 
 
 def reconstruct(
     model: torch.nn.Module, images: torch.Tensor, params: Params, device: torch.device
 ) -> tuple[Reconstruction, AnomalyReport]:
-    """Neural Cleanse for every class, then the MAD outlier test on the mask norms."""
-    found = neural_cleanse(model, images, params.reconstruct, generator(params.seed, "reconstruct", device))
+    """Neural Cleanse for every class, then the MAD outlier test on the mask norms; progress per epoch."""
+    progress = Progress(params.reconstruct.epochs, "reconstruct (Neural Cleanse)")
+    found = neural_cleanse(model, images, params.reconstruct, generator(params.seed, "reconstruct", device),
+                           on_epoch=lambda epoch, active: progress.update({"classes_searching": active}))
+    progress.close()
     return found, mad_anomaly(found.l1, params.reconstruct.anomaly_threshold)
 
 
@@ -99,13 +113,16 @@ def _displayable(image: torch.Tensor) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = stage_parser(__doc__)
-    parser.add_argument("--prepared", default="data/prepared")
+    parser = stage_parser(__doc__, "reconstruct")
+    parser.add_argument("--prepared", default="data/prepared", help="the prepare stage's folder")
     parser.add_argument("--model", default="models/watermarked.pt", help="the watermarked checkpoint")
     parser.add_argument("--out", default="artifacts/reconstruct", help="folder for triggers.npz and triggers.png")
-    parser.add_argument("--metrics", default="metrics/reconstruct.json")
+    parser.add_argument("--metrics", default="metrics/reconstruct.json",
+                        help="the verdicts: flagged, most and least likely class, target rank and anomaly")
+    parser.add_argument("--settings", help=SETTINGS_HELP)
     args = parser.parse_args(argv)
-    params, device = start(args.params)
+    params, device = start(args.params, args.threads)
+    settings = run_settings("reconstruct", params, device, reconstruct=params.reconstruct)
     prepared = channels_last_prepared(load_prepared(args.prepared), params.channels_last)
     model = channels_last_model(load_checkpoint(args.model).build_model().to(device), params.channels_last)
     images = prepared.on("adversary", device).images
@@ -114,13 +131,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     with autocast(params.precision, device):
         found, report = reconstruct(model, images, params, device)
     metrics = {**trigger_metrics(found, report, params.watermark.target), "time_s": timer.seconds,
-               "seed": params.seed}
+               "seed": params.seed, "threads": params.threads}
 
     out = Path(args.out)
-    save_arrays_atomic(out / "triggers.npz", masks=found.masks[:, 0].float().cpu().numpy(),
-                       patterns=found.patterns.float().cpu().numpy())
-    draw_triggers(found, report, images[0], out / "triggers.png")
-    write_json_atomic(args.metrics, metrics)
+    with writing_outputs():
+        save_arrays_atomic(out / "triggers.npz", masks=found.masks[:, 0].float().cpu().numpy(),
+                           patterns=found.patterns.float().cpu().numpy())
+        draw_triggers(found, report, images[0], out / "triggers.png")
+        write_json_atomic(args.metrics, metrics)
+        write_settings(settings_path(args.metrics, args.settings), settings)
     print(f"reconstruct: flagged {report.flagged}, most likely {report.most_likely}, "
           f"least likely {report.least_likely}, target detected {metrics['target_detected']} "
           f"in {metrics['time_s']:.1f}s")

@@ -17,7 +17,17 @@ from wmbench.params import Params
 from wmbench.precision import autocast, channels_last_model, channels_last_prepared
 from wmbench.prepared import Prepared, load_prepared
 from wmbench.removal import REMOVALS, RemovalData, RemovalResult, create_removal
-from wmbench.stage import Timer, run_stage, stage_parser, start
+from wmbench.stage import (
+    SETTINGS_HELP,
+    Timer,
+    run_settings,
+    run_stage,
+    settings_path,
+    stage_parser,
+    start,
+    write_settings,
+    writing_outputs,
+)
 
 
 def adversary_view(prepared: Prepared, params: Params, device: torch.device) -> RemovalData:
@@ -38,16 +48,21 @@ def run_removal(method: str, params: Params, model: torch.nn.Module, data: Remov
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = stage_parser(__doc__)
-    parser.add_argument("--method", required=True, help=f"one of: {', '.join(REMOVALS.names())}")
-    parser.add_argument("--prepared", default="data/prepared")
+    parser = stage_parser(__doc__, "remove")
+    parser.add_argument("--method", required=True, help=f"one of: {', '.join(REMOVALS.names())} (required)")
+    parser.add_argument("--prepared", default="data/prepared", help="the prepare stage's folder")
     parser.add_argument("--model", default="models/watermarked.pt", help="the watermarked checkpoint")
     parser.add_argument("--out", help="cleaned checkpoint (default models/removed/<method>.pt)")
-    parser.add_argument("--metrics", help="default metrics/remove/<method>.json")
-    parser.add_argument("--plot", help="per-epoch curve (default plots/remove/<method>.csv)")
+    parser.add_argument("--metrics", help="test_acc, wm_acc, time_s, seed, threads and the method's own figures "
+                        "(default: metrics/remove/<method>.json)")
+    parser.add_argument("--plot", help="per-epoch curve (default: plots/remove/<method>.csv)")
+    parser.add_argument("--settings",
+                        help=SETTINGS_HELP.replace("effective params", "effective params (beta for WILD)"))
     args = parser.parse_args(argv)
     REMOVALS.get(args.method)  # an unknown name fails before any work
-    params, device = start(args.params)
+    params, device = start(args.params, args.threads)
+    settings = run_settings(f"remove@{args.method}", params, device, method=args.method,
+                            removal=params.removal.settings[args.method])
     prepared = channels_last_prepared(load_prepared(args.prepared), params.channels_last)
     watermarked = load_checkpoint(args.model)
     timer = Timer()
@@ -59,11 +74,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         final = data.evaluate(result.model)
 
     meta = {**watermarked.meta, "role": "removed", "method": args.method, "seed": params.seed}
-    save_checkpoint(args.out or f"models/removed/{args.method}.pt", result.model, meta)
-    write_csv_atomic(args.plot or f"plots/remove/{args.method}.csv", result.history)
-    metrics = {**final, "time_s": timer.seconds, "seed": params.seed, "adversary_size": len(data.adversary),
-               **result.info}
-    write_json_atomic(args.metrics or f"metrics/remove/{args.method}.json", metrics)
+    metrics = {**final, "time_s": timer.seconds, "seed": params.seed, "threads": params.threads,
+               "adversary_size": len(data.adversary), **result.info}
+    with writing_outputs():
+        save_checkpoint(args.out or f"models/removed/{args.method}.pt", result.model, meta)
+        write_csv_atomic(args.plot or f"plots/remove/{args.method}.csv", result.history)
+        metrics_path = args.metrics or f"metrics/remove/{args.method}.json"
+        write_json_atomic(metrics_path, metrics)
+        write_settings(settings_path(metrics_path, args.settings), settings)
     print(f"remove@{args.method}: {metrics}")
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from tests.conftest import ROOT, small_params
 from wmbench.models import create_model
 
-OUTPUTS = ("data", "models", "metrics", "plots")  # every folder a stage writes to, up to embed
+OUTPUTS = ("data", "models", "metrics", "plots", "settings")  # every folder a stage writes to, up to embed
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
        "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@t",
        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -157,3 +157,18 @@ def test_changing_own_trigger_set_reruns_prepare(repo, restore):
     assert code == 0 and "Running stage 'prepare'" in out
     with np.load(repo / "data" / "prepared" / "trigger.npz") as saved:
         assert np.array_equal(saved["images"][:, 0], 255 - images)
+
+
+def test_each_plot_is_declared_once_with_a_chart_per_method():
+    """``dvc plots show``: every CSV drawn once, each removal method in its own titled chart, a line per seed."""
+    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    top = {next(iter(entry)): next(iter(entry.values())) for entry in pipeline["plots"]}
+    assert len(top) == len(pipeline["plots"])
+    stage_plots = [next(iter(p)) if isinstance(p, dict) else p for stage in pipeline["stages"].values()
+                   for p in (stage.get("do", stage).get("plots") or [])]
+    assert all(path.endswith(".png") for path in stage_plots), stage_plots  # the CSVs are drawn at the top only
+    for method in pipeline["vars"][0]["removal_reads"]:
+        assert top[f"plots/remove/{method}.csv"]["title"].startswith(f"{method} - "), method
+    assert top["plots/vanilla.csv"]["template"] == "by_seed"
+    template = json.loads((ROOT / ".dvc/plots/by_seed.json").read_text())
+    assert template["encoding"]["color"]["field"] == "seed"
