@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -38,10 +39,10 @@ def check() -> list[str]:
             problems.append(f"laundering left wm_acc at {summary['laundering']['wm_acc']}")
         if not 0.5 < summary["scratch"]["test_acc"] < embed["test_acc"] + 0.05:
             problems.append(f"scratch baseline test_acc {summary['scratch']['test_acc']} is not plausible")
-    reconstruct = json.loads(Path("metrics/reconstruct.json").read_text())
-    classes = [key for key in reconstruct if key.startswith("anomaly_")]
-    if len(classes) < 2 or min(reconstruct[key] for key in classes) < 0:
-        problems.append(f"reconstruct.json: anomaly indices missing or negative: {classes}")
+    with open("artifacts/reconstruct/classes.csv", newline="") as handle:  # per class, beside the metrics
+        anomaly = [float(row["anomaly"]) for row in csv.DictReader(handle)]
+    if len(anomaly) < 2 or min(anomaly) < 0:
+        problems.append(f"artifacts/reconstruct/classes.csv: anomaly indices missing or negative: {anomaly}")
     return problems
 
 

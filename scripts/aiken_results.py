@@ -172,8 +172,8 @@ def collect(work: Path, seeds: Sequence[int], schemes: Sequence[str], fractions:
     rows = []
     for seed in seeds:
         clean = work / "clean" / f"seed{seed}"
-        rows.append({"scheme": "clean", "seed": seed, "adversary_fraction": FRACTIONS[0],
-                     **_nc_fields(_read(clean / "reconstruct.json")),
+        rows.append({"scheme": "clean", "seed": seed, "adversary_fraction": FRACTIONS[0],  # NC at 10 % only
+                     **_nc_fields(clean),
                      "test_acc": _read(clean / "clean.json")["test_acc"]})
         for scheme in schemes:
             cell = work / scheme / f"seed{seed}"
@@ -186,7 +186,7 @@ def collect(work: Path, seeds: Sequence[int], schemes: Sequence[str], fractions:
                     for kind, prefix in (("conv", "features"), ("dense", "classifier"))}
                 rows.append({
                     "scheme": scheme, "seed": seed, "adversary_fraction": fraction,
-                    **_nc_fields(_read(folder / "reconstruct.json")),
+                    **_nc_fields(folder),
                     "threshold": limits[scheme, seed], "test_acc_watermarked": embedded["test_acc"],
                     "test_acc": launder["test_acc"], "wm_acc": launder["wm_acc"],
                     "seconds": launder["time_s"], "units_reset_conv": units["conv"],
@@ -196,14 +196,16 @@ def collect(work: Path, seeds: Sequence[int], schemes: Sequence[str], fractions:
     return [{column: row.get(column, arch if column == "arch" else "") for column in COLUMNS} for row in rows]
 
 
-def _nc_fields(metrics: dict[str, Any]) -> dict[str, Any]:
-    l1 = [metrics[f"l1_{k}"] for k in range(sum(1 for key in metrics if key.startswith("l1_")))]
-    target = BASE["watermark.target"]
+def _nc_fields(folder: Path) -> dict[str, Any]:
+    """Neural Cleanse's verdicts from ``reconstruct.json``; the target's norm rank from ``classes.csv``."""
+    metrics = _read(folder / "reconstruct.json")
+    with open(folder / "reconstruct" / "classes.csv", newline="") as handle:
+        ranks = {int(row["class"]): int(row["rank"]) for row in csv.DictReader(handle)}
     return {
         "target_detected": metrics["target_detected"],
         "target_anomaly": metrics["target_anomaly"],
         "max_other_anomaly": metrics["max_other_anomaly"],
-        "target_rank": 1 + sum(1 for v in l1 if v < l1[target]),
+        "target_rank": ranks[BASE["watermark.target"]],
         "flagged": " ".join(str(k) for k in metrics["flagged"]),
         "reconstruct_seconds": metrics["time_s"],
     }
@@ -269,9 +271,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     work = Path(args.work).resolve()
     cell_params(args.seeds[0], args.schemes[0], args.fractions[0], args.set)  # a bad --set fails here
 
-    tasks = [(run_clean, (work, seed, args.fractions[0], args.set)) for seed in args.seeds]
-    tasks += [(run_cell, (work, seed, scheme, args.fractions, args.set))
-              for seed in args.seeds for scheme in args.schemes]
+    tasks = [(run_cell, (work, seed, scheme, args.fractions, args.set))
+             for seed in args.seeds for scheme in args.schemes]
+    tasks += [(run_clean, (work, seed, FRACTIONS[0], args.set)) for seed in args.seeds]
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:

@@ -75,24 +75,34 @@ def watermark_examples(
     return (clean.numpy(), clean_labels.numpy()), examples
 
 
-def reconstruction(folder: Path, metrics: Path) -> tuple[np.ndarray | None, np.ndarray | None, dict[int, float], Any]:
+def reconstruction(folder: Path, metrics: Path | None = None) -> tuple[np.ndarray | None, np.ndarray | None,
+                                                                     dict[int, float], Any]:
     """Masks (K, H, W), patterns (K, C, H, W), anomaly index per class, flagged class.
 
-    Reads ``<folder>/classes.csv`` (``class``, ``anomaly``; or older metrics'
-    ``anomaly_<k>`` keys), ``metrics/reconstruct.json`` (the flagged
-    class: ``most_likely`` when the ``flagged`` list is not empty, or an int
-    ``flagged``) and the ``.npz`` files under ``folder``: either arrays
-    ``masks`` / ``patterns`` with a leading class axis, or one file per class
-    (class number in the file name) holding ``mask`` / ``pattern``.
+    Reads ``<folder>/classes.csv`` (``class``, ``anomaly``, ``flagged``: the
+    flagged class drawn is the flagged one with the highest index) and the
+    ``.npz`` files under ``folder``: either arrays ``masks`` / ``patterns`` with
+    a leading class axis, or one file per class (class number in the file name)
+    holding ``mask`` / ``pattern``. Without ``classes.csv`` (older layouts) the
+    indices and the flagged class come from ``metrics``: ``anomaly_<k>`` keys and
+    ``most_likely`` when the ``flagged`` list is not empty, or an int ``flagged``.
+    The stage reads only the folder, so a metrics file holding a time is no
+    dependency of the plots.
     """
-    scores = read_json(metrics) if metrics.is_file() else {}
-    anomaly = {int(m[1]): float(v) for k, v in scores.items() if (m := re.fullmatch(r"anomaly_(\d+)", k))}
+    anomaly: dict[int, float] = {}
+    flagged: Any = None
     if (folder / "classes.csv").is_file():
-        anomaly = {int(row["class"]): float(row["anomaly"]) for row in read_csv(folder / "classes.csv")}
-    flagged = scores.get("flagged")
-    if isinstance(flagged, list):
-        flagged = scores.get("most_likely") if flagged else None
-    flagged = flagged if isinstance(flagged, int) and not isinstance(flagged, bool) else None
+        rows = read_csv(folder / "classes.csv")
+        anomaly = {int(row["class"]): float(row["anomaly"]) for row in rows}
+        marked = [int(row["class"]) for row in rows if str(row["flagged"]) == "True"]
+        flagged = max(marked, key=anomaly.__getitem__) if marked else None
+    elif metrics is not None and metrics.is_file():
+        scores = read_json(metrics)
+        anomaly = {int(m[1]): float(v) for k, v in scores.items() if (m := re.fullmatch(r"anomaly_(\d+)", k))}
+        flagged = scores.get("flagged")
+        if isinstance(flagged, list):
+            flagged = scores.get("most_likely") if flagged else None
+        flagged = flagged if isinstance(flagged, int) and not isinstance(flagged, bool) else None
     files = sorted(folder.glob("*.npz")) if folder.is_dir() else []
     masks: dict[int, np.ndarray] = {}
     patterns: dict[int, np.ndarray] = {}
@@ -122,8 +132,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--removal-plots", default="plots/remove", help="folder of <method>.csv curves")
     parser.add_argument("--reconstruct", default="artifacts/reconstruct",
                         help="folder of Neural Cleanse .npz and classes.csv (anomaly index per class)")
-    parser.add_argument("--reconstruct-metrics", default="metrics/reconstruct.json",
-                        help="the flagged and most likely class")
+    parser.add_argument("--reconstruct-metrics", default="",
+                        help="older layouts without classes.csv: the metrics with anomaly_<k> and the flagged class "
+                             "(default: none)")
     parser.add_argument("--out", default="plots", help="folder for the PNGs")
     args = parser.parse_args(argv)
     params, _ = start(args.params, args.threads)
@@ -138,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                         out / "accuracy_vs_retention.png")
     clean, examples = watermark_examples(prepared, params)
     plotting.plot_watermark_examples(clean, examples, out / "watermark_examples.png")
-    masks, patterns, anomaly, flagged = reconstruction(Path(args.reconstruct), Path(args.reconstruct_metrics))
+    older = Path(args.reconstruct_metrics) if args.reconstruct_metrics else None
+    masks, patterns, anomaly, flagged = reconstruction(Path(args.reconstruct), older)
     plotting.plot_reconstruction(masks, patterns, anomaly, out / "reconstruction.png", flagged=flagged)
     plotting.plot_vanilla_threshold(read_csv(args.vanilla_plot), threshold, out / "vanilla_threshold.png")
     print(f"plots: {len(FIGURES)} figures in {out}/ ({len(curves)} removal methods) in {timer.seconds:.1f}s")

@@ -7,6 +7,7 @@ its settings are ``removal.<method>`` in params.yaml.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -16,6 +17,7 @@ from wmbench.files import write_csv_atomic, write_json_atomic
 from wmbench.params import Params
 from wmbench.precision import autocast, channels_last_model, channels_last_prepared
 from wmbench.prepared import Prepared, load_prepared
+from wmbench.reconstruct import Reconstruction, load_reconstruction
 from wmbench.removal import REMOVALS, RemovalData, RemovalResult, create_removal
 from wmbench.stage import (
     SETTINGS_HELP,
@@ -30,7 +32,8 @@ from wmbench.stage import (
 )
 
 
-def adversary_view(prepared: Prepared, params: Params, device: torch.device) -> RemovalData:
+def adversary_view(prepared: Prepared, params: Params, device: torch.device,
+                   reconstruction: Reconstruction | None = None) -> RemovalData:
     """The adversary's labelled subset and unlabeled images, plus the owner's yardstick for the curves."""
     return RemovalData(
         adversary=prepared.on("adversary", device),
@@ -38,6 +41,7 @@ def adversary_view(prepared: Prepared, params: Params, device: torch.device) -> 
         evaluate=Evaluator(prepared.on("test", device), prepared.on("trigger", device)),
         num_classes=prepared.num_classes,
         seed=params.seed,
+        reconstruction=reconstruction,
     )
 
 
@@ -58,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plot", help="per-epoch curve (default: plots/remove/<method>.csv)")
     parser.add_argument("--settings",
                         help=SETTINGS_HELP.replace("effective params", "effective params (beta for WILD)"))
+    parser.add_argument("--reconstruct", default="",
+                        help="the reconstruct stage's folder (triggers.npz), for methods that start from it "
+                             f"({', '.join(n for n in REMOVALS.names() if REMOVALS.get(n).uses_reconstruction)}); "
+                             "default: none, the method searches itself")
     args = parser.parse_args(argv)
     REMOVALS.get(args.method)  # an unknown name fails before any work
     params, device = start(args.params, args.threads)
@@ -67,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     watermarked = load_checkpoint(args.model)
     timer = Timer()
 
-    data = adversary_view(prepared, params, device)
+    reconstruction = (load_reconstruction(Path(args.reconstruct) / "triggers.npz", device)
+                      if args.reconstruct and REMOVALS.get(args.method).uses_reconstruction else None)
+    data = adversary_view(prepared, params, device, reconstruction)
     model = channels_last_model(watermarked.build_model().to(device), params.channels_last)
     with autocast(params.precision, device):
         result = run_removal(args.method, params, model, data)

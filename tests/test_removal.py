@@ -23,7 +23,7 @@ from wmbench.prepared import save_prepared
 from wmbench.removal import REMOVALS, create_removal
 from wmbench.stage import run_stage
 
-QUICK = {"epochs": 1, "rounds": 1, "steps": 20, "pretrain_epochs": 1}  # whichever fields a method has
+QUICK = {"epochs": 1, "rounds": 1, "epoch_images": 128, "pretrain_epochs": 1}  # whichever fields a method has
 
 
 def quick(settings):
@@ -121,6 +121,9 @@ def test_every_registered_method_has_a_remove_stage():
     wiring = yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"][0]["removal_reads"]
     assert sorted(wiring) == REMOVALS.names()
     params = parse_params(small_params())
-    for name, extra in wiring.items():
+    for name, entry in wiring.items():
+        extra = entry["params"]
         reads_it = extra in ("beta", "reconstruct")
+        assert (entry["input"] == "artifacts/reconstruct") == REMOVALS.get(name).uses_reconstruction, name
+        assert ("--reconstruct" in entry["args"]) == REMOVALS.get(name).uses_reconstruction, name
         assert not reads_it or hasattr(params.removal.settings[name], extra), f"{name} does not read {extra}"
