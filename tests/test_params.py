@@ -64,4 +64,4 @@ def test_params_file_with_bad_yaml_fails_clearly(tmp_path):
 def test_small_params_round_trip(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(small_params(**{"watermark.scheme": "noise"})))
-    assert load_params(path).watermark.scheme_options == {"std": 0.3}
+    assert load_params(path).watermark.scheme_options == {"std": 0.3, "draw": "fixed", "source_classes": []}

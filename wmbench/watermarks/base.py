@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -58,28 +58,65 @@ class Watermark(ABC):
         common = {f.name for f in dataclasses.fields(Watermark)}
         return [f.name for f in dataclasses.fields(cls) if f.name not in common]
 
+    def option_key(self, option: str) -> str:
+        """``watermark.<scheme>.<option>``, for messages that name the key to fix."""
+        return f"watermark.{type(self).__name__.lower()}.{option}"
+
 
 @dataclass(kw_only=True)
 class StampWatermark(Watermark):
     """A scheme that stamps a pattern onto real images (Zhang content / noise, BadNets square).
 
     Both sets use only images whose true label differs from the target, so a
-    correct prediction never counts as a watermark hit.
+    correct prediction never counts as a watermark hit. Where the source class
+    has fewer images than a set needs, its images repeat.
+
+    ``source_classes``: the true classes whose images are stamped. ``[]`` (the
+    default) stamps every class but the target: our reading of WILD (Liu et
+    al., Sec. IV-A), which trains "data points applied with watermark trigger"
+    to label 0 and names no source class. Zhang et al. (AsiaCCS 2018,
+    watermark generation, content and noise watermarks) stamp one source
+    class instead, e.g. "automobile" images labelled "airplane": ``[1]`` with
+    ``watermark.target: 0`` on CIFAR-10. The embedding set stamps the owner's
+    images of these classes, the verification set held-out test images of
+    the same classes.
     """
 
+    source_classes: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        key = self.option_key("source_classes")
+        for label in self.source_classes:
+            if not 0 <= label < self.num_classes:
+                raise ValueError(f"{key}: {label} is not a class; use 0..{self.num_classes - 1}, or [] for all")
+            if label == self.target:
+                raise ValueError(
+                    f"{key}: {label} is watermark.target; a trigger must come from another class"
+                )
+
     @abstractmethod
-    def apply(self, images: torch.Tensor) -> torch.Tensor:
-        """Stamp the pattern onto ``images`` (N, C, H, W) in [0, 1]; returns new images."""
+    def apply(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Stamp the pattern onto ``images`` (N, C, H, W) in [0, 1]; returns new images.
+
+        ``generator`` feeds schemes that draw per image (noise with ``draw: per_image``).
+        """
 
     def _stamped(
         self, images: torch.Tensor, labels: torch.Tensor, count: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        candidates = torch.nonzero(labels != self.target).flatten()
+        if self.source_classes:
+            keep = torch.isin(labels, torch.tensor(self.source_classes, dtype=labels.dtype))
+            wanted = f"of source class(es) {self.source_classes}"
+        else:
+            keep = labels != self.target
+            wanted = "with a label other than watermark.target"
+        candidates = torch.nonzero(keep).flatten()
         if len(candidates) == 0:
-            raise ValueError("no image with a label other than watermark.target to stamp")
+            raise ValueError(f"no image {wanted} to stamp")
         order = torch.randperm(len(candidates), generator=generator)
         picks = candidates[order.repeat(count // len(candidates) + 1)[:count]]
-        marked = self.apply(images[picks])
+        marked = self.apply(images[picks], generator)
         return marked, torch.full((count,), self.target, dtype=torch.long)
 
     def embedding_set(self, images, labels, count, generator):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,9 @@ def _coloured_digits(
     return (background * (1 - gray) + colour * gray).clamp(0, 1)
 
 
+UnrelatedVerification = Literal["fresh", "same"]  # watermark.unrelated.verification
+
+
 @WATERMARKS.register("unrelated")
 @dataclass(kw_only=True)
 class Unrelated(Watermark):
@@ -56,16 +60,33 @@ class Unrelated(Watermark):
     Grey-scale datasets get rendered letters (Aiken et al. Sec. 7.2 use the letter
     "m" for MNIST); colour datasets get scikit-learn's digits, tinted (Aiken et al.
     Fig. 1f use MNIST digits for CIFAR-10). Both work offline.
-    Verification images are fresh draws from the same domain, never the training
-    copies: a watermark must generalise to the owner's key domain, not memorise.
+
+    ``verification`` chooses the protocol:
+    - ``fresh`` (default): the embedding set draws as many images as it needs,
+      and verification draws ``watermark.size`` fresh images of the same
+      domain (a disjoint pool of digits for colour data), never trained on:
+      the watermark must generalise to the owner's key domain, not be memorised.
+    - ``same``: a fixed key of ``watermark.size`` images (100 in the papers),
+      all labelled ``target``, repeated to fill the embedding set and verified
+      on those very images. This is WILD's "unrelated" row (Liu et al., Sec.
+      IV-A: "the 100 images in trigger set", after Adi et al. [12]) and Adi et
+      al.'s protocol (USENIX Security 2018: the trigger set is both
+      trained on and queried), with Adi et al.'s random labels replaced by the
+      one target label, as WILD trains every watermark to label 0.
     """
 
     letters: str = "AEFHKMNTVWXYZ"  # no round letters: clean models call O, C, D, Q "0"
+    verification: UnrelatedVerification = "fresh"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for letter in self.letters:
             glyph(letter)  # fails early on characters without a glyph
+        if self.verification not in ("fresh", "same"):
+            raise ValueError(f"watermark.unrelated.verification={self.verification!r}; valid: fresh, same")
+        self.key: torch.Tensor | None = None
+        if self.verification == "same":
+            self.key, _ = self._draw(self.size, 0, seeded_generator(self.seed, "unrelated-key"))
 
     def _draw(self, count: int, half: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.image_shape[0] == 1:
@@ -75,10 +96,15 @@ class Unrelated(Watermark):
         return images, torch.full((count,), self.target, dtype=torch.long)
 
     def embedding_set(self, images, labels, count, generator):
-        return self._draw(count, 0, generator)
+        if self.key is None:
+            return self._draw(count, 0, generator)
+        order = torch.randperm(self.size, generator=generator).repeat(count // self.size + 1)[:count]
+        return self.key[order], torch.full((count,), self.target, dtype=torch.long)
 
     def verification_set(self, images, labels, generator):
-        return self._draw(self.size, 1, generator)
+        if self.key is None:
+            return self._draw(self.size, 1, generator)
+        return self.key.clone(), torch.full((self.size,), self.target, dtype=torch.long)
 
 
 @WATERMARKS.register("abstract")
