@@ -1,4 +1,4 @@
-"""``wmbench <command> [args]``: a stage outside DVC (as ``python -m stages.<stage>``), the methods, the results."""
+"""``wmbench <command> [args]``: a stage outside DVC (``python -m stages.<stage>``), methods, results, presets."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ STAGES = ("check", "prepare", "embed", "vanilla", "reconstruct", "remove", "eval
 TOOLS = {
     "methods": "list the removal methods with their params.yaml keys and defaults",
     "results": "one row per DVC experiment: changed params, then test accuracy, retention and verdict per method",
+    "preset": "the settings for a full-size data set, as -S arguments: dvc exp run $(wmbench preset fashion_mnist)",
 }
 
 
@@ -69,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from wmbench.results import main as results_main
 
         return results_main(args[1:])
+    if command == "preset":
+        from wmbench.presets import main as preset_main
+
+        return preset_main(args[1:])
     if command not in STAGES:
         close = difflib.get_close_matches(command, [*STAGES, *TOOLS], n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
