@@ -49,6 +49,7 @@ BASE = {  # Fashion-MNIST, lenet, 5 embedding epochs, target 0 (the settings of 
     "train.epochs": 5,
     "watermark.target": 0,
     "device": "cpu",
+    "reconstruct.epoch_images": 1024,  # the reference's epoch, as the full-size presets set it
 }
 CLEAN_SEED_OFFSET = 100  # a clean model's training seed: the run's seed + this
 
