@@ -7,6 +7,10 @@ Erasing copies of the adversary's images (Sec. III-A, IV-A), ``L_aug`` their
 cross-entropy, and ``G`` the flattened, softmax-normalised output of the last
 convolutional layer (``model.features``). ``D`` is cross-entropy (``wild_ce``),
 Jensen-Shannon divergence (``wild_js``) or a discriminator network (``wild_dn``).
+
+The softmax's scale is ours to choose (:class:`WildDivergenceParams`): taken on
+the raw features, as the paper words it, G is nearly uniform and D's gradient
+a few thousandths of ``L_aug``'s at the paper's beta (docs/wild_alignment.md).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from wmbench.seeding import derive_seed, seeded_init
 from wmbench.training import fit, make_optimizer
 
 Divergence = Literal["ce", "js"]
+FeatureNormalization = Literal["std", "none"]  # what G divides each image's features by before the softmax
 
 
 @dataclass
@@ -36,8 +41,10 @@ class WildParams(TrainingSettings):
       ``copies`` freshly erased copies of every image. 12 by default (our
       choice, the paper gives no count): 3-5 s on one CPU thread for the
       digits default, where wm_acc is still falling at the end (content
-      scheme, seed 0: 1.0 -> 0.42 with CE, 0.47 with JS, 0.18 with DN;
-      0.38, 0.36, 0.08 with ``erase_fill: gaussian``).
+      scheme, seed 0, beta 1: 1.0 -> 0.17 with CE, 0.44 with JS, 0.18 with
+      DN; 0.17, 0.29, 0.08 with ``erase_fill: gaussian``; CE / JS with the
+      earlier G of :class:`WildDivergenceParams`: 0.42 / 0.47, gaussian
+      0.38 / 0.36).
     - ``batch_size``: clean images per step; a step trains on
       ``batch_size * copies`` erased images (8 * 10 = 80; our choice, the
       paper gives none). Smaller steps remove more per epoch than larger ones
@@ -75,6 +82,62 @@ class WildParams(TrainingSettings):
 
 
 @dataclass
+class WildDivergenceParams(WildParams):
+    """``removal.wild_ce`` / ``removal.wild_js``: :class:`WildParams` plus the scale of G's softmax.
+
+    Liu et al., WILD, Sec. III-B: G is "the features after the last
+    convolutional layer [...] flattened into a one-dimensional vector, then
+    normalized by a softmax function", and Eq. (2) weighs D(G(clean), G(aug))
+    by beta (Table I: MNIST CE 0.1, JS 1). A softmax is not scale-free, and
+    the paper prints neither its features' scale nor a temperature, so its
+    beta values belong to a scale we cannot recover. On our LeNet the raw
+    post-pool features (400 values, 65 % zero, std ~0.36 on digits) give a
+    softmax whose largest probability is ~0.02 against a uniform 0.0025: D's
+    gradient is 0.1-1.2 % of L_aug's, and at the paper's beta neither D nor
+    the watermark retention moves: the alignment does nothing
+    (docs/wild_alignment.md). We keep D as the paper defines it and take
+    G(f) = softmax(f / (T * s(f))):
+
+    - ``feature_normalization``: ``std`` (default): s(f) is the standard
+      deviation of the image's own flattened features, gradient flowing
+      through it. G then depends on the features' shape, not their scale: a
+      ReLU network can rescale its last conv output and undo that in the first
+      dense layer at no cost, and with raw features shrinking every feature
+      (towards a uniform softmax) lowers D without aligning anything; with
+      ``std`` it cannot, and one T gives the same sharpness on every
+      architecture. ``none``: s(f) = 1, the raw features, as the paper words it.
+    - ``feature_temperature``: T > 0, in units of s(f). 0.5 by default: the
+      round value at which D's gradient on the digits LeNet reaches ~5 % of
+      L_aug's at the paper's MNIST beta from the first step (CE at beta 0.1 /
+      JS at beta 1, content: 4.9 / 4.6 %; noise 7.0 / 3.2 %; square 21 / 23 %)
+      and 20-80 % once L_aug has fallen, against 0.1-1.2 % for the old G
+      (tests/test_wild.py, docs/wild_alignment.md); T = 1 leaves CE at
+      1.7-6 %. G's largest probability is then ~0.6-0.7, so many features
+      still count; lower T sharpens G towards the one largest feature, where
+      JS saturates (its gradient stops growing).
+
+    Differences from the paper: the division by T * s(f). ``feature_normalization:
+    none`` with ``feature_temperature: 1.0`` reproduces the paper's wording and
+    our earlier G. Unchanged: D is summed over the features and averaged over
+    image pairs (the per-image KL / JS; a mean over the features would divide
+    it by their number, 400 for LeNet), and G is taken on ``model.features``'
+    output, the tensor the classifier flattens (the last conv's pre-activation
+    output, 1,600 values for LeNet, is as uniform: gradient ratio 0.25 / 0.8 %
+    instead of 0.15 / 0.55 % at T = 1).
+    """
+
+    feature_normalization: FeatureNormalization = "std"
+    feature_temperature: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.feature_normalization not in ("std", "none"):
+            raise ValueError(f"feature_normalization={self.feature_normalization!r}; valid: std, none")
+        if not self.feature_temperature > 0:
+            raise ValueError(f"feature_temperature={self.feature_temperature} must be positive")
+
+
+@dataclass
 class WildDNParams(WildParams):
     """``removal.wild_dn``: :class:`WildParams` plus the discriminator's lr.
 
@@ -90,16 +153,38 @@ class WildDNParams(WildParams):
             raise ValueError(f"discriminator_lr={self.discriminator_lr} must be positive")
 
 
-def feature_distribution(features: torch.Tensor) -> torch.Tensor:
-    """Log of G: the features flattened per image and softmax-normalised (Sec. III-B), (N, D)."""
-    return F.log_softmax(features.flatten(1), dim=1)
+def feature_distribution(
+    features: torch.Tensor, *, normalization: FeatureNormalization, temperature: float
+) -> torch.Tensor:
+    """Log of G: each image's features flattened, divided by T * s(f), softmax-normalised; (N, D).
+
+    Liu et al., WILD, Sec. III-B ("flattened into a one-dimensional vector,
+    then normalized by a softmax function"); the division is ours, see
+    :class:`WildDivergenceParams`. ``normalization="std"``: s(f) is the
+    standard deviation over the image's own features (an all-zero image keeps
+    a uniform G); ``"none"``: s(f) = 1.
+    """
+    flat = features.flatten(1)
+    if normalization == "std":
+        flat = flat / flat.std(1, keepdim=True).clamp_min(1e-12)
+    elif normalization != "none":
+        raise ValueError(f"unknown feature normalization {normalization!r}; valid: std, none")
+    return F.log_softmax(flat / temperature, dim=1)
 
 
-def alignment_loss(kind: Divergence, clean_features: torch.Tensor, augmented_features: torch.Tensor) -> torch.Tensor:
-    """D(G(clean), G(augmented)) averaged over image pairs; zero when the features agree.
+def alignment_loss(
+    kind: Divergence,
+    clean_features: torch.Tensor,
+    augmented_features: torch.Tensor,
+    *,
+    normalization: FeatureNormalization,
+    temperature: float,
+) -> torch.Tensor:
+    """D(G(clean), G(augmented)) summed over features, averaged over image pairs; zero when they agree.
 
     Liu et al., WILD, Sec. III-B, Eq. (3) and (4); both arguments are raw
-    features (N, ...) of paired images, row i of one belonging to row i of the other.
+    features (N, ...) of paired images, row i of one belonging to row i of the
+    other; G is :func:`feature_distribution` with ``normalization`` and ``temperature``.
     - ``"ce"``: the cross-entropy H(P, Q) = -sum P log Q with target P = G(clean),
       less the target's entropy H(P): that is KL(P || Q). Our choice: Eq. (3)
       drops the minus sign, and H(P, Q) never reaches 0 for identical
@@ -108,8 +193,8 @@ def alignment_loss(kind: Divergence, clean_features: torch.Tensor, augmented_fea
     - ``"js"``: Jensen-Shannon divergence with log base 2, so that it lies in
       [0, 1] as Sec. III-B states.
     """
-    log_p = feature_distribution(clean_features)
-    log_q = feature_distribution(augmented_features)
+    log_p = feature_distribution(clean_features, normalization=normalization, temperature=temperature)
+    log_q = feature_distribution(augmented_features, normalization=normalization, temperature=temperature)
     if kind == "ce":
         return (log_p.exp() * (log_p - log_q)).sum(1).mean()
     if kind == "js":
@@ -174,19 +259,31 @@ class _Wild(Removal):
         self.setup(model, data)
 
         def loss_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            # one forward of clean + erased keeps batch-norm statistics shared
-            batch, n = _erased_pairs(images, p.copies, erasing, p.erase_fill)
-            features = model.features(batch)
-            augmented = features[n:]
-            clean = features[:n].detach().flatten(1).repeat(p.copies, 1)  # row k*n + i: image i
-            classification = F.cross_entropy(model.classifier(augmented), labels.repeat(p.copies))
-            return classification + p.beta * self.alignment(clean, augmented)
+            classification, alignment = self.loss_terms(model, images, labels, erasing)
+            return classification + p.beta * alignment
 
         optimizer = make_optimizer(p.optimizer, model.parameters(), p.lr)
         history = fit(model, data.adversary, optimizer, epochs=p.epochs, batch_size=p.batch_size,
                       generator=data.generator(f"{self.name}-shuffle"), loss_fn=loss_fn,
                       evaluate=data.evaluate, name=self.name)
         return RemovalResult(model.eval(), history, self.report(model, data))
+
+    def loss_terms(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, erasing: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. (2)'s two terms for one batch of clean images: ``L_aug`` and D(G(clean), G(aug)), unweighted.
+
+        ``copies`` erased copies of every image are drawn with ``erasing``;
+        for ``wild_dn`` (with gradients on) this also steps the discriminator.
+        """
+        p = self.params
+        # one forward of clean + erased keeps batch-norm statistics shared
+        batch, n = _erased_pairs(images, p.copies, erasing, p.erase_fill)
+        features = model.features(batch)
+        augmented = features[n:]
+        clean = features[:n].detach().flatten(1).repeat(p.copies, 1)  # row k*n + i: image i
+        classification = F.cross_entropy(model.classifier(augmented), labels.repeat(p.copies))
+        return classification, self.alignment(clean, augmented)
 
     def setup(self, model: nn.Module, data: RemovalData) -> None:
         """Prepare state that spans epochs (the discriminator); nothing for CE / JS."""
@@ -209,20 +306,24 @@ class _Wild(Removal):
 class WildCE(_Wild):
     """WILD with D = cross-entropy between feature distributions (Liu et al., Sec. III-B, Eq. 3)."""
 
+    Params: ClassVar[type] = WildDivergenceParams
     name = "wild_ce"
 
     def alignment(self, clean: torch.Tensor, augmented: torch.Tensor) -> torch.Tensor:
-        return alignment_loss("ce", clean, augmented)
+        return alignment_loss("ce", clean, augmented, normalization=self.params.feature_normalization,
+                              temperature=self.params.feature_temperature)
 
 
 @REMOVALS.register("wild_js")
 class WildJS(_Wild):
     """WILD with D = Jensen-Shannon divergence between feature distributions (Liu et al., Sec. III-B, Eq. 4)."""
 
+    Params: ClassVar[type] = WildDivergenceParams
     name = "wild_js"
 
     def alignment(self, clean: torch.Tensor, augmented: torch.Tensor) -> torch.Tensor:
-        return alignment_loss("js", clean, augmented)
+        return alignment_loss("js", clean, augmented, normalization=self.params.feature_normalization,
+                              temperature=self.params.feature_temperature)
 
 
 @REMOVALS.register("wild_dn")
@@ -237,7 +338,9 @@ class WildDN(_Wild):
     two classes' losses averaged separately so the 10:1 imbalance does not
     matter), then the model against the just-updated discriminator; the
     discriminator sees the flattened raw features, not their softmax, which
-    would squeeze them to ~1/D each and leave it little to learn from.
+    would squeeze them to ~1/D each and leave it little to learn from (so
+    ``feature_normalization`` and ``feature_temperature``, which set G's
+    softmax, are not among its settings).
     """
 
     Params: ClassVar[type] = WildDNParams
