@@ -50,6 +50,7 @@ BASE = {  # Fashion-MNIST, lenet, 5 embedding epochs, target 0 (the settings of 
     "watermark.target": 0,
     "device": "cpu",
     "reconstruct.epoch_images": 1024,  # the reference's epoch, as the full-size presets set it
+    "reconstruct.restarts": 3,  # as the full-size presets
 }
 CLEAN_SEED_OFFSET = 100  # a clean model's training seed: the run's seed + this
 

@@ -43,7 +43,7 @@ def reconstruct(
     model: torch.nn.Module, images: torch.Tensor, params: Params, device: torch.device
 ) -> tuple[Reconstruction, AnomalyReport]:
     """Neural Cleanse for every class, then the MAD outlier test on the mask norms; progress per epoch."""
-    progress = Progress(params.reconstruct.epochs, "reconstruct (Neural Cleanse)")
+    progress = Progress(params.reconstruct.epochs * params.reconstruct.restarts, "reconstruct (Neural Cleanse)")
     found = neural_cleanse(model, images, params.reconstruct, generator(params.seed, "reconstruct", device),
                            on_epoch=lambda epoch, active: progress.update({"classes_searching": active}))
     progress.close()

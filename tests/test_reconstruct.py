@@ -61,6 +61,22 @@ def test_content_watermark_class_has_the_largest_index(watermarked):
     assert report.anomaly_index.argmax() == params.watermark.target
 
 
+def test_restarts_keep_each_class_smallest_successful_trigger(watermarked):
+    prepared, _, model, _ = watermarked
+    images = adversary_images(prepared)
+    quick = {"epochs": 12, "epoch_images": 64, "patience": 2, "early_stop_patience": 3}
+    first = search(model, images, seed=5, **quick)
+    both = search(model, images, seed=5, restarts=2, **quick)
+    assert torch.equal(search(model, images, seed=5, restarts=1, **quick).l1, first.l1)  # 1 = the reference
+    succeeded = first.attack_success >= 0.9
+    assert succeeded.any()
+    assert (both.l1[succeeded] <= first.l1[succeeded] + 1e-4).all()  # never worse than the first start
+    assert not torch.equal(both.l1, first.l1)  # the second start was a new draw and won somewhere
+    assert both.epochs > first.epochs
+    with pytest.raises(ValueError, match="restarts=0 must be at least 1"):
+        NeuralCleanseParams(restarts=0)
+
+
 def test_triggers_stay_in_range_and_model_untouched(watermarked):
     prepared, _, model, _ = watermarked
     before = {k: v.clone() for k, v in model.state_dict().items()}
