@@ -41,7 +41,7 @@ SCHEMES = ("square", "content", "noise")
 FRACTIONS = (0.1, 0.006)  # WILD's 10 %; Laundering's 0.6 % (360 Fashion-MNIST images)
 COLUMNS = ("scheme", "arch", "seed", "adversary_fraction", "target_detected", "target_anomaly",
            "max_other_anomaly", "target_rank", "flagged", "threshold", "test_acc_watermarked", "test_acc",
-           "wm_acc", "seconds", "reconstruct_seconds", "units_reset_conv", "units_reset_dense")
+           "wm_acc", "seconds", "reconstruct_seconds", "units_reset_conv", "units_reset_dense", "nc_restarts")
 BASE = {  # Fashion-MNIST, lenet, 5 embedding epochs, target 0 (the settings of issue 12)
     "data.name": "fashion_mnist",
     "data.root": "/usr/share/datasets/fashion-mnist",
@@ -210,6 +210,7 @@ def _nc_fields(folder: Path) -> dict[str, Any]:
         "target_rank": ranks[BASE["watermark.target"]],
         "flagged": " ".join(str(k) for k in metrics["flagged"]),
         "reconstruct_seconds": metrics["time_s"],
+        "nc_restarts": _read(folder / "reconstruct.settings.json")["reconstruct"].get("restarts", 1),
     }
 
 
