@@ -20,7 +20,6 @@ from wmbench.stage import (
     Timer,
     run_settings,
     run_stage,
-    settings_path,
     stage_parser,
     start,
     write_settings,
@@ -120,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         save_checkpoint(args.model, model, meta)
         write_csv_atomic(args.plot, history)
         write_json_atomic(args.metrics, metrics)
-        write_settings(settings_path(args.metrics, args.settings), settings)
+        write_settings(settings, args.metrics, args.settings)
     print(f"embed: {metrics}")
 
 

@@ -21,7 +21,6 @@ from wmbench.stage import (
     Timer,
     run_settings,
     run_stage,
-    settings_path,
     stage_parser,
     start,
     write_settings,
@@ -75,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "threads": params.threads,
             **table,
         })  # no time_s: the plots stage depends on these bytes
-        write_settings(settings_path(args.metrics, args.settings), settings)
+        write_settings(settings, args.metrics, args.settings)
     print(f"evaluate: {len(table)} models in {timer.seconds:.1f}s")
     for name, row in table.items():
         print(f"evaluate: {name:<16} test_acc {row['test_acc']:.4f}  wm_acc {row['wm_acc']:.3f}  "

@@ -22,7 +22,6 @@ from wmbench.stage import (
     Timer,
     run_settings,
     run_stage,
-    settings_path,
     stage_parser,
     start,
     write_settings,
@@ -71,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     metrics["time_s"] = timer.seconds
     with writing_outputs():
         write_json_atomic(args.metrics, metrics)
-        write_settings(settings_path(args.metrics, args.settings), settings)
+        write_settings(settings, args.metrics, args.settings)
 
 
 if __name__ == "__main__":

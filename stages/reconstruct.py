@@ -31,7 +31,6 @@ from wmbench.stage import (
     Timer,
     run_settings,
     run_stage,
-    settings_path,
     stage_parser,
     start,
     write_settings,
@@ -147,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_csv_atomic(out / "classes.csv", class_table(found, report))
         draw_triggers(found, report, images[0], out / "triggers.png")
         write_json_atomic(args.metrics, metrics)
-        write_settings(settings_path(args.metrics, args.settings), settings)
+        write_settings(settings, args.metrics, args.settings)
     print(f"reconstruct: flagged {report.flagged}, most likely {report.most_likely}, "
           f"least likely {report.least_likely}, target detected {metrics['target_detected']} "
           f"in {metrics['time_s']:.1f}s")

@@ -24,7 +24,6 @@ from wmbench.stage import (
     Timer,
     run_settings,
     run_stage,
-    settings_path,
     stage_parser,
     start,
     write_settings,
@@ -91,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_csv_atomic(args.plot or f"plots/remove/{args.method}.csv", result.history)
         metrics_path = args.metrics or f"metrics/remove/{args.method}.json"
         write_json_atomic(metrics_path, metrics)
-        write_settings(settings_path(metrics_path, args.settings), settings)
+        write_settings(settings, metrics_path, args.settings)
     print(f"remove@{args.method}: {metrics}")
 
 

@@ -21,7 +21,6 @@ from wmbench.stage import (
     Timer,
     run_settings,
     run_stage,
-    settings_path,
     stage_parser,
     start,
     write_settings,
@@ -77,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # evaluate and plots depend on the calibration, so it holds no wall-clock time
         write_json_atomic(args.calibration or Path(args.models) / "calibration.json", calibration)
         write_json_atomic(args.metrics, {**calibration, "time_s": timer.seconds})
-        write_settings(settings_path(args.metrics, args.settings), settings)
+        write_settings(settings, args.metrics, args.settings)
     print(f"vanilla: threshold {threshold:.3f}, test_acc {calibration['test_acc_mean']:.4f} in {timer.seconds:.1f}s")
 
 

@@ -127,8 +127,11 @@ def settings_path(metrics: str | os.PathLike[str], explicit: str | None = None) 
     return path.with_name(f"{path.stem}.settings.json")
 
 
-def write_settings(path: str | os.PathLike[str], settings: dict[str, Any]) -> None:
-    """Write ``settings`` (not a metric: ``dvc metrics`` never reads it) and say so in one line."""
+def write_settings(
+    settings: dict[str, Any], metrics: str | os.PathLike[str], explicit: str | None = None
+) -> None:
+    """Write ``settings`` beside the run's ``metrics`` (:func:`settings_path`; not a metric), and say so in one line."""
+    path = settings_path(metrics, explicit)
     write_json_atomic(path, settings)
     own = {k: v for k, v in settings.items() if k not in ("stage", "wmbench", "torch", "data", "watermark", "model")}
     print(f"{settings['stage']}: settings {_inline(own)} -> {path}")
