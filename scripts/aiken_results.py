@@ -67,8 +67,12 @@ def cell_params(seed: int, scheme: str, fraction: float, sets: Sequence[str]) ->
     return params
 
 
-def run_cell(work: Path, seed: int, scheme: str, fractions: Sequence[float], sets: Sequence[str]) -> str:
-    """Prepare, embed once, then reconstruct and launder at every fraction; files under ``work/scheme/seed``."""
+def run_cell(work: Path, seed: int, scheme: str, fractions: Sequence[float], sets: Sequence[str],
+             models_only: bool = False) -> str:
+    """Prepare, embed once, then reconstruct and launder at every fraction; files under ``work/scheme/seed``.
+
+    ``models_only`` stops after the embedding (other grids, e.g. ``scripts.wild_results``, share it).
+    """
     import torch
 
     torch.set_num_threads(1)
@@ -87,6 +91,8 @@ def run_cell(work: Path, seed: int, scheme: str, fractions: Sequence[float], set
         if not model.exists():
             run_quietly(embed.main, ["--params", params, "--prepared", prepared, "--model", str(model),
                                      "--metrics", str(cell / "embed.json"), "--plot", str(cell / "embed.csv")], log)
+        if models_only:
+            continue
         if not (folder / "reconstruct.json").exists():
             run_quietly(reconstruct.main, ["--params", params, "--prepared", prepared, "--model", str(model),
                                            "--out", str(folder / "reconstruct"),
@@ -100,8 +106,8 @@ def run_cell(work: Path, seed: int, scheme: str, fractions: Sequence[float], set
     return f"{scheme} seed {seed}"
 
 
-def run_clean(work: Path, seed: int, fraction: float, sets: Sequence[str]) -> str:
-    """One clean model (every epoch kept, for the threshold), then Neural Cleanse on it."""
+def run_clean(work: Path, seed: int, fraction: float, sets: Sequence[str], models_only: bool = False) -> str:
+    """One clean model (every epoch kept, for the threshold), then Neural Cleanse on it unless ``models_only``."""
     import torch
 
     torch.set_num_threads(1)
@@ -141,7 +147,7 @@ def run_clean(work: Path, seed: int, fraction: float, sets: Sequence[str]) -> st
         save_checkpoint(model_path, model, checkpoint_meta(prepared, params, seed + CLEAN_SEED_OFFSET, "vanilla"))
         (folder / "clean.json").write_text(json.dumps({"test_acc": history[-1]["test_acc"],
                                                         "time_s": time.perf_counter() - start}))
-    if not (folder / "reconstruct.json").exists():
+    if not models_only and not (folder / "reconstruct.json").exists():
         run_quietly(reconstruct.main, ["--params", params_file, "--prepared", str(folder / "prepared"),
                                        "--model", str(model_path), "--out", str(folder / "reconstruct"),
                                        "--metrics", str(folder / "reconstruct.json")], log)
@@ -270,13 +276,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                                "between runs (default .cache/aiken)")
     parser.add_argument("--out", default="results/aiken_fashion_mnist.csv", help="the CSV written "
                                                                                  "(default %(default)s)")
+    parser.add_argument("--models-only", action="store_true", help="embed and train the clean models, nothing "
+                                                                  "else (for grids that share them)")
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
     cell_params(args.seeds[0], args.schemes[0], args.fractions[0], args.set)  # a bad --set fails here
 
-    tasks = [(run_cell, (work, seed, scheme, args.fractions, args.set))
+    tasks = [(run_cell, (work, seed, scheme, args.fractions, args.set, args.models_only))
              for seed in args.seeds for scheme in args.schemes]
-    tasks += [(run_clean, (work, seed, FRACTIONS[0], args.set)) for seed in args.seeds]
+    tasks += [(run_clean, (work, seed, FRACTIONS[0], args.set, args.models_only)) for seed in args.seeds]
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
@@ -284,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for done, future in enumerate(as_completed(futures), start=1):
             print(f"[{done}/{len(tasks)}] {future.result()} done at {time.perf_counter() - start:.0f} s",
                   file=sys.stderr, flush=True)
+    if args.models_only:
+        print(f"models in {work} after {time.perf_counter() - start:.0f} s")
+        return
     rows = collect(work, args.seeds, args.schemes, args.fractions)
     write_csv(Path(args.out), rows)
     print(summary(rows))

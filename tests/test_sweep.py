@@ -5,10 +5,12 @@ from __future__ import annotations
 from wmbench.sweep import collect_rows, markdown_table, paper_references, queue_commands
 
 
-def experiment(name, scheme, fraction, summary):
+def experiment(name, scheme, fraction, summary, noise_draw="fixed"):
     data = {
         "params": {"params.yaml": {"data": {
-            "watermark": {"scheme": scheme}, "data": {"adversary_fraction": fraction},
+            "watermark": {"scheme": scheme, "noise": {"draw": noise_draw}, "square": {"position": "bottom_right"},
+                          "unrelated": {"verification": "fresh"}},
+            "data": {"adversary_fraction": fraction},
         }}},
         "metrics": {"metrics/summary.json": {"data": summary}},
     }
@@ -35,6 +37,8 @@ FAKE_EXP_SHOW = [
         "experiments": [
             experiment("sweep-content-0p1", "content", 0.1, summary(0.02)),
             experiment("sweep-noise-0p2", "noise", 0.2, summary(0.30)),
+            experiment("sweep-square-0p1", "square", 0.1, summary(0.04)),
+            experiment("sweep-noisy-0p1", "noise", 0.1, summary(0.5), noise_draw="per_image"),
             experiment("other-run", "content", 0.1, summary(0.5)),
             {"revs": [{"rev": "deadbeef", "name": "sweep-failed", "data": {}, "error": {"msg": "boom"}}]},
         ],
@@ -44,10 +48,11 @@ FAKE_EXP_SHOW = [
 
 def test_collect_rows_reads_sweep_experiments_only():
     rows = collect_rows(FAKE_EXP_SHOW, prefix="sweep")
-    assert {r.experiment for r in rows} == {"sweep-content-0p1", "sweep-noise-0p2"}
+    assert {r.experiment for r in rows} == {"sweep-content-0p1", "sweep-noise-0p2", "sweep-square-0p1",
+                                            "sweep-noisy-0p1"}
     models = sorted(r.model for r in rows if r.experiment == "sweep-noise-0p2")
     assert models == ["scratch", "threshold", "watermarked", "wild_ce"]  # clean models only via the threshold
-    (ce,) = [r for r in rows if r.model == "wild_ce" and r.scheme == "noise"]
+    (ce,) = [r for r in rows if r.model == "wild_ce" and r.experiment == "sweep-noise-0p2"]
     assert (ce.fraction, ce.wm_acc, ce.verdicts["removed"]) == (0.2, 0.30, False)
 
 
@@ -56,20 +61,31 @@ def test_markdown_table_puts_paper_numbers_beside_ours():
     lines = table.splitlines()
     assert lines[0].startswith("| scheme | adversary data | model |")
     assert set(lines[1]) == {"|", "-"} and lines[1].count("|") == lines[0].count("|")
-    assert len(lines) == 2 + 2 * 4
+    assert lines.index("") == 2 + 4 * 4  # the results, then the legend of paper rows
     content_ce = next(line for line in lines if line.startswith("| content | 10% | wild_ce |"))
     assert "95.50% | 2.00% | yes | yes | 0.4 | no |" in content_ce
-    assert "97.64% / 1.11% (WILD Tab. II)" in content_ce  # WILD Table II, content, 10%, CE
+    assert "WILD" not in content_ce  # WILD's "content" row is a BadNets square, not Zhang's word
+    square_ce = next(line for line in lines if line.startswith("| square | 10% | wild_ce |"))
+    assert '97.64% / 1.11% (WILD Tab. II "content")' in square_ce  # WILD Table II, content, 10%, CE
     noise_wm = next(line for line in lines if line.startswith("| noise | 20% | watermarked |"))
-    assert "97.64% / 100.00% (WILD Tab. II)" in noise_wm and "99.86% / 99.99% (Laundering Tab. 2)" in noise_wm
+    assert '97.64% / 100.00% (WILD Tab. II "noise")' in noise_wm
+    assert '99.86% / 99.99% (Laundering Tab. 2 "noise")' in noise_wm
+    noisy_ce = next(line for line in lines if line.startswith("| noise | 10% | wild_ce |"))
+    assert "%" not in noisy_ce.split("|")[-2]  # per-image noise is neither paper's protocol: no number
+    assert 'not WILD Tab. II "noise": -S watermark.scheme=noise -S watermark.noise.draw=fixed' in noisy_ce
     threshold = next(line for line in lines if line.startswith("| content | 10% | threshold |"))
-    assert "- / 1.50% (Laundering Tab. 2)" in threshold
+    assert '- / 1.50% (Laundering Tab. 2 "content")' in threshold
+    legend = lines[lines.index("") + 1:]
+    assert any(line.startswith('| WILD Tab. II "content" | a square at the bottom-right') and
+               "`-S watermark.scheme=square -S watermark.square.position=bottom_right`" in line for line in legend)
     scratch = next(i for i, line in enumerate(lines) if line.startswith("| content | 10% | scratch"))
     assert lines.index(content_ce) < scratch
 
 
 def test_paper_references_hold_the_typed_tables():
     refs = paper_references()
+    assert {r.row.name for r in refs[("square", "wild_ce")]} == {"content"}  # WILD's content row is the square
+    assert ("content", "wild_ce") not in refs
     refit = [r for r in refs[("unrelated", "refit")] if r.fraction == 0.4]
     assert [(r.test_acc, r.wm_acc) for r in refit] == [(0.9922, 0.78), (0.9894, 0.55), (0.9885, 0.35)]
     (laundering,) = refs[("noise", "laundering")]

@@ -10,10 +10,40 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 SUMMARY = "metrics/summary.json"
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """A watermark row of a paper's table and the params that give its protocol here (issue 13 part 4).
+
+    The papers name their rows alike but mean different triggers: WILD's
+    "content" is a BadNets square, Laundering's is Zhang et al.'s word.
+    A paper's numbers are shown beside an experiment only when the
+    experiment's params match ``settings``.
+    """
+
+    source: str
+    name: str  # the row's name in the paper
+    settings: Mapping[str, Any]  # dotted params.yaml keys -> values that reproduce the paper's protocol
+    description: str
+
+    @property
+    def scheme(self) -> str:
+        return str(self.settings["watermark.scheme"])
+
+    def matches(self, params: Mapping[str, Any]) -> bool:
+        """Whether an experiment with these (dotted) params runs this row's protocol."""
+        return all(params.get(key) == value for key, value in self.settings.items())
+
+    def label(self) -> str:
+        return f'{self.source} "{self.name}"'
+
+    def how(self) -> str:
+        return " ".join(f"-S {key}={value}" for key, value in self.settings.items())
 
 
 @dataclass(frozen=True)
@@ -24,12 +54,34 @@ class Reference:
     wm_acc: float
     fraction: float  # share of the training data the paper's adversary used
     source: str
+    row: PaperRow | None = None  # the paper's watermark row, with the protocol it stands for
 
 
 WILD = "WILD Tab. II"  # Liu et al., WILD, Table II: MNIST, LeNet-style model
 LAUNDERING = "Laundering Tab. 2"  # Aiken et al., Neural Network Laundering, Table 2: MNIST
 
-# (scheme, method) -> references; WILD's REFIT rows carry the lr in the source.
+# Which of our schemes and options each paper row used (the papers in /work/shared/papers/).
+PAPER_ROWS: dict[tuple[str, str], PaperRow] = {
+    (WILD, "content"): PaperRow(
+        WILD, "content", {"watermark.scheme": "square", "watermark.square.position": "bottom_right"},
+        "a square at the bottom-right corner, after BadNets (Sec. IV-A)"),
+    (WILD, "noise"): PaperRow(
+        WILD, "noise", {"watermark.scheme": "noise", "watermark.noise.draw": "fixed"},
+        "Gaussian noise as Zhang et al. (Sec. IV-A)"),
+    (WILD, "unrelated"): PaperRow(
+        WILD, "unrelated", {"watermark.scheme": "unrelated", "watermark.unrelated.verification": "same"},
+        "100 out-of-domain images, trained on and queried, after Adi et al. (Sec. IV-A)"),
+    (LAUNDERING, "content"): PaperRow(
+        LAUNDERING, "content", {"watermark.scheme": "content"}, "a word on the image, Zhang et al. (Sec. 2.1)"),
+    (LAUNDERING, "noise"): PaperRow(
+        LAUNDERING, "noise", {"watermark.scheme": "noise", "watermark.noise.draw": "fixed"},
+        "pre-specified Gaussian noise, Zhang et al. (Sec. 2.1)"),
+    (LAUNDERING, "unrelated"): PaperRow(
+        LAUNDERING, "unrelated", {"watermark.scheme": "unrelated", "watermark.unrelated.verification": "fresh"},
+        "unrelated images (a letter for MNIST, Sec. 7.2), Zhang et al."),
+}
+
+# Paper row name -> numbers; WILD's REFIT rows carry the lr in the source.
 # Values typed from the papers in /work/shared/papers/ (percent / 100).
 _WILD_FRACTIONS = (0.1, 0.2, 0.4)
 _WILD_II = {
@@ -72,20 +124,28 @@ _LAUNDERING_2 = {
 
 
 def paper_references() -> dict[tuple[str, str], list[Reference]]:
-    """(scheme, model or method) -> the papers' MNIST numbers for it."""
+    """(our scheme, model or method) -> the papers' MNIST numbers, each with the paper row it comes from.
+
+    Keyed by the scheme of our protocol for the paper's row (WILD's "content"
+    is our ``square``); :meth:`PaperRow.matches` tells whether an experiment's
+    other params match too.
+    """
     table: dict[tuple[str, str], list[Reference]] = {}
-    for scheme, ((test, wm), columns) in _WILD_II.items():
-        table.setdefault((scheme, "watermarked"), []).append(Reference(test, wm, 1.0, WILD))
+    for name, ((test, wm), columns) in _WILD_II.items():
+        row = PAPER_ROWS[WILD, name]
+        table.setdefault((row.scheme, "watermarked"), []).append(Reference(test, wm, 1.0, WILD, row))
         for column, values in columns.items():
             method, _, lr = column.partition(" ")
             source = f"{WILD}, {lr}" if lr else WILD
             for fraction, (t, w) in zip(_WILD_FRACTIONS, values, strict=True):
-                table.setdefault((scheme, method), []).append(Reference(t, w, fraction, source))
-    for scheme, rows in _LAUNDERING_2.items():
-        for name, (t, w) in rows.items():
-            fraction = {"laundering": 0.006, "prune": 0.166}.get(name, 1.0)
-            table.setdefault((scheme, name), []).append(Reference(t, w, fraction, LAUNDERING))
+                table.setdefault((row.scheme, method), []).append(Reference(t, w, fraction, source, row))
+    for name, models in _LAUNDERING_2.items():
+        row = PAPER_ROWS[LAUNDERING, name]
+        for model, (t, w) in models.items():
+            fraction = {"laundering": 0.006, "prune": 0.166}.get(model, 1.0)
+            table.setdefault((row.scheme, model), []).append(Reference(t, w, fraction, LAUNDERING, row))
     return table
+
 
 
 def queue_commands(
@@ -123,6 +183,7 @@ class Row:
     test_acc: float | None
     wm_acc: float
     verdicts: Mapping[str, Any]
+    params: Mapping[str, Any] = field(default_factory=dict)  # the experiment's params.yaml, dotted keys
 
 
 def collect_rows(
@@ -145,15 +206,25 @@ def collect_rows(
             continue
         scheme = params.get("watermark", {}).get("scheme", "?")
         fraction = float(params.get("data", {}).get("adversary_fraction", float("nan")))
-        rows.append(Row(name, scheme, fraction, "threshold", None, summary["threshold"], {}))
+        dotted = dict(_dotted(params))
+        rows.append(Row(name, scheme, fraction, "threshold", None, summary["threshold"], {}, dotted))
         for model, metrics in summary.items():
             if not isinstance(metrics, dict) or model.startswith("vanilla"):
                 continue
             if methods and model != "watermarked" and model not in methods:
                 continue
             verdicts = {k: v for k, v in metrics.items() if k not in ("test_acc", "wm_acc", "test_acc_drop")}
-            rows.append(Row(name, scheme, fraction, model, metrics["test_acc"], metrics["wm_acc"], verdicts))
+            rows.append(Row(name, scheme, fraction, model, metrics["test_acc"], metrics["wm_acc"], verdicts, dotted))
     return rows
+
+
+def _dotted(params: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """``{"a": {"b": 1}}`` -> ``("a.b", 1)``: params as ``dvc exp run -S`` names them."""
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def _experiments(exp_show: Sequence[Mapping[str, Any]]) -> Iterable[tuple[str, Mapping[str, Any]]]:
@@ -178,20 +249,28 @@ def _closest(references: list[Reference], fraction: float) -> list[Reference]:
 
 
 def markdown_table(rows: Sequence[Row], references: Mapping[tuple[str, str], list[Reference]] | None = None) -> str:
-    """A markdown table of ``rows`` with the papers' MNIST numbers for the same scheme and method.
+    """A markdown table of ``rows`` with the papers' MNIST numbers for the same protocol and method.
 
-    The paper column shows test accuracy / retention at the paper's data
-    fraction closest to ours (named when it differs); REFIT shows each lr.
+    A paper's number is shown beside a row only when the experiment's params
+    give that paper row's protocol (:data:`PAPER_ROWS`; WILD's "content" is our
+    ``square`` at the bottom right, not our ``content``), named in the cell, at
+    the paper's data fraction closest to ours (named when it differs); REFIT
+    shows each lr. A legend after the table writes the whole mapping down.
     """
     references = paper_references() if references is None else references
     header = ("| scheme | adversary data | model | test acc | wm retention | removed | useful | p-value "
-              "| ownership verified | paper (test acc / retention) |")
+              "| ownership verified | paper row: test acc / retention |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in sorted(rows, key=lambda r: (r.scheme, r.fraction, _order(r.model), r.model)):
+        candidates = references.get((row.scheme, row.model), [])
+        matching = [ref for ref in candidates if ref.row is None or ref.row.matches(row.params)]
         paper = []
-        for ref in _closest(references.get((row.scheme, row.model), []), row.fraction):
-            note = [ref.source] + ([f"{100 * ref.fraction:g}% data"] if ref.fraction not in (1.0, row.fraction) else [])
+        for ref in _closest(matching, row.fraction):
+            note = [ref.source if ref.row is None else f'{ref.source} "{ref.row.name}"']
+            note += [f"{100 * ref.fraction:g}% data"] if ref.fraction not in (1.0, row.fraction) else []
             paper.append(f"{_percent(ref.test_acc) or '-'} / {_percent(ref.wm_acc)} ({', '.join(note)})")
+        others = {ref.row.label(): ref.row for ref in candidates if ref not in matching and ref.row is not None}
+        paper += [f"not {label}: {other.how()}" for label, other in sorted(others.items())]
         verdict = row.verdicts
         cells = [
             row.scheme, f"{100 * row.fraction:g}%", row.model, _percent(row.test_acc) or "-", _percent(row.wm_acc),
@@ -200,6 +279,14 @@ def markdown_table(rows: Sequence[Row], references: Mapping[tuple[str, str], lis
             _flag(verdict.get("ownership_verified")), "<br>".join(paper),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + mapping_table()
+
+
+def mapping_table() -> str:
+    """Markdown: each paper row, the protocol it used, and the params that run it here."""
+    lines = ["| paper row | what the paper used | our params |", "|---|---|---|"]
+    for row in PAPER_ROWS.values():
+        lines.append(f"| {row.label()} | {row.description} | `{row.how()}` |")
     return "\n".join(lines) + "\n"
 
 
