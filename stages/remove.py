@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from wmbench.checkpoint import load_checkpoint, save_checkpoint
+from wmbench.data import holdout_indices
 from wmbench.evaluate import Evaluator
 from wmbench.files import write_csv_atomic, write_json_atomic
 from wmbench.params import Params
@@ -19,6 +20,7 @@ from wmbench.precision import autocast, channels_last_model, channels_last_prepa
 from wmbench.prepared import Prepared, load_prepared
 from wmbench.reconstruct import Reconstruction, load_reconstruction
 from wmbench.removal import REMOVALS, RemovalData, RemovalResult, create_removal
+from wmbench.seeding import derive_seed
 from wmbench.stage import (
     SETTINGS_HELP,
     Timer,
@@ -29,15 +31,26 @@ from wmbench.stage import (
     write_settings,
     writing_outputs,
 )
+from wmbench.training import DeviceData, accuracy
 
 
 def adversary_view(prepared: Prepared, params: Params, device: torch.device,
                    reconstruction: Reconstruction | None = None) -> RemovalData:
-    """The adversary's labelled subset and unlabeled images, plus the owner's yardstick for the curves."""
+    """The adversary's labelled subset and unlabeled images, plus the owner's yardstick for the curves.
+
+    With ``data.adversary_holdout`` > 0 a stratified slice of the subset is
+    kept aside: the method never trains on it, and every curve and the final
+    metrics report ``holdout_acc`` on it, the accuracy an adversary can judge
+    its settings by (it has no test set).
+    """
+    images, labels = prepared.arrays["adversary"]
+    train, held = holdout_indices(labels, params.data.adversary_holdout,
+                                  derive_seed(params.seed, "adversary-holdout"))
+    holdout = DeviceData.from_arrays(images[held], labels[held], device) if len(held) else None
     return RemovalData(
-        adversary=prepared.on("adversary", device),
+        adversary=DeviceData.from_arrays(images[train], labels[train], device),
         unlabeled=torch.from_numpy(prepared.arrays["owner"][0]),
-        evaluate=Evaluator(prepared.on("test", device), prepared.on("trigger", device)),
+        evaluate=Evaluator(prepared.on("test", device), prepared.on("trigger", device), holdout),
         num_classes=prepared.num_classes,
         seed=params.seed,
         reconstruction=reconstruction,
@@ -79,10 +92,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = adversary_view(prepared, params, device, reconstruction)
     model = channels_last_model(watermarked.build_model().to(device), params.channels_last)
     with autocast(params.precision, device):
+        holdout = data.evaluate.holdout
+        watermarked_holdout = accuracy(model, holdout) if holdout is not None else None
         result = run_removal(args.method, params, model, data)
         final = data.evaluate(result.model)
 
     meta = {**watermarked.meta, "role": "removed", "method": args.method, "seed": params.seed}
+    if watermarked_holdout is not None:
+        final["holdout_acc_watermarked"] = watermarked_holdout
     metrics = {**final, "time_s": timer.seconds, "seed": params.seed, "threads": params.threads,
                "adversary_size": len(data.adversary), **result.info}
     with writing_outputs():

@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from wmbench.data import adversary_indices, load_dataset
+from wmbench.data import adversary_indices, holdout_indices, load_dataset
 from wmbench.data.idx import parse_idx
 
 
@@ -116,3 +116,15 @@ def test_cifar10_batch_with_code_is_refused(tmp_path, monkeypatch):
 def test_unknown_dataset_lists_valid_names():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'; valid: cifar10, digits, fashion_mnist, mnist"):
         load_dataset("imagenet")
+
+
+def test_holdout_is_stratified_disjoint_and_keeps_every_class_trainable():
+    labels = np.repeat(np.arange(10), [50] * 9 + [2])
+    train, held = holdout_indices(labels, 0.1, seed=3)
+    assert not set(train) & set(held) and len(train) + len(held) == len(labels)
+    assert np.bincount(labels[held], minlength=10).tolist() == [5] * 9 + [1]
+    assert set(labels[train]) == set(range(10))  # a class's last image is never held out
+    again = holdout_indices(labels, 0.1, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((train, held), again, strict=True))
+    train0, held0 = holdout_indices(labels, 0.0, seed=3)
+    assert len(held0) == 0 and np.array_equal(train0, np.arange(len(labels)))

@@ -90,6 +90,28 @@ def test_remove_stage_writes_checkpoint_metrics_and_curve(watermarked, tmp_path)
     assert (tmp_path / "ft.pt").is_file()
 
 
+def test_holdout_slice_is_never_trained_on_and_scored_in_metrics_and_curve(watermarked, tmp_path):
+    prepared, _, model, _ = watermarked
+    params = write_params(tmp_path, **{"removal.finetune.epochs": 2, "data.adversary_holdout": 0.2})
+    view = adversary_view(prepared, parse_params(small_params(**{"data.adversary_holdout": 0.2})),
+                          torch.device("cpu"))
+    total = len(prepared.arrays["adversary"][1])
+    assert len(view.adversary) + len(view.evaluate.holdout) == total
+    assert abs(len(view.evaluate.holdout) - 0.2 * total) <= 10  # stratified rounding, 10 classes
+    assert set(view.evaluate.holdout.labels.tolist()) == set(range(prepared.num_classes))
+    prep = tmp_path / "prepared"
+    save_prepared(prep, prepared)
+    save_checkpoint(tmp_path / "watermarked.pt", model, {"arch": "lenet", "arch_kwargs": prepared.arch_kwargs()})
+    code = run_stage(remove.main, ["--params", str(params), "--method", "finetune", "--prepared", str(prep),
+                                   "--model", str(tmp_path / "watermarked.pt"), "--out", str(tmp_path / "ft.pt"),
+                                   "--metrics", str(tmp_path / "ft.json"), "--plot", str(tmp_path / "ft.csv")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "ft.json").read_text())
+    assert metrics["adversary_size"] == len(view.adversary)
+    assert 0.5 < metrics["holdout_acc_watermarked"] <= 1 and 0 <= metrics["holdout_acc"] <= 1
+    assert "holdout_acc" in (tmp_path / "ft.csv").read_text().splitlines()[0]
+
+
 def test_remove_stage_refuses_an_unknown_method_before_work(tmp_path, capsys):
     params = write_params(tmp_path)
     code = run_stage(remove.main, ["--params", str(params), "--method", "launder", "--prepared", str(tmp_path)])

@@ -14,14 +14,19 @@ from wmbench.training import DeviceData, accuracy
 
 @dataclass
 class Evaluator:
-    """Scores a model on the clean test set and the owner's trigger set."""
+    """Scores a model on the clean test set and the owner's trigger set (and the adversary's held-out slice)."""
 
     test: DeviceData
     trigger: DeviceData
+    holdout: DeviceData | None = None  # the adversary's held-out images (``data.adversary_holdout``)
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        """``test_acc`` and ``wm_acc`` (share of triggers classified as the watermark label)."""
-        return {"test_acc": accuracy(model, self.test), "wm_acc": accuracy(model, self.trigger)}
+        """``test_acc`` and ``wm_acc`` (share of triggers classified as the watermark label), plus
+        ``holdout_acc`` when there is a held-out slice: the only one of the three an adversary can see."""
+        scores = {"test_acc": accuracy(model, self.test), "wm_acc": accuracy(model, self.trigger)}
+        if self.holdout is not None and len(self.holdout):
+            scores["holdout_acc"] = accuracy(model, self.holdout)
+        return scores
 
 
 def calibrate_threshold(wm_rates: Iterable[float]) -> float:

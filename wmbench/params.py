@@ -30,6 +30,7 @@ class DataParams:
     root: str = "data/raw"  # folder with the dataset's files (unused by digits)
     download: bool = False  # fetch mnist / fashion_mnist / cifar10 if missing
     adversary_fraction: float = 0.1  # share of the training split the adversary holds, (0, 1]
+    adversary_holdout: float = 0.0  # share of the adversary's subset it keeps aside to judge settings, [0, 0.5]
 
     def __post_init__(self) -> None:
         from wmbench.data import DATASETS
@@ -39,6 +40,11 @@ class DataParams:
             raise ParamsError(
                 f"data.adversary_fraction={self.adversary_fraction} is outside (0, 1]; "
                 "use e.g. 0.1 for 10% of the training split"
+            )
+        if not 0 <= self.adversary_holdout <= 0.5:
+            raise ParamsError(
+                f"data.adversary_holdout={self.adversary_holdout} is outside [0, 0.5]; "
+                "use e.g. 0.1 to keep a tenth of the adversary's images aside, or 0 for none"
             )
 
 

@@ -21,3 +21,25 @@ def adversary_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndar
         take = min(len(members), max(1, round(fraction * len(members))))
         picks.append(rng.choice(members, size=take, replace=False))
     return np.sort(np.concatenate(picks))
+
+
+def holdout_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``labels`` to train on and to hold out: a stratified ``fraction`` kept aside.
+
+    The adversary judges its settings (epochs, beta, lr, ...) on images it
+    did not train on (``data.adversary_holdout``), never on the owner's test
+    set. Per class, ``round(fraction * n_class)`` held out, at least one and
+    never the class's last image; ``fraction`` 0 holds nothing out.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"data.adversary_holdout must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return np.arange(len(labels)), np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    held = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        take = min(len(members) - 1, max(1, round(fraction * len(members))))
+        held.append(rng.choice(members, size=take, replace=False))
+    holdout = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(len(labels)), holdout), holdout
