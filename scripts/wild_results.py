@@ -13,13 +13,14 @@ interrupted grid still answers the main question; a rerun skips finished runs):
 1. ``wild_ce`` / ``wild_js`` at beta 0 (erasing only) and at WILD Table I's
    MNIST beta (CE 0.1, JS 1);
 2. the other betas of the ablation (``--betas``: 0.1, 1, 10, 100 for both);
-3. REFIT as WILD compared it (``variant=wild``, RMSprop, lr 0.001 / 0.003 /
-   0.005, WILD Table II) after ``wild_dn`` at its defaults.
+3. ``wild_dn`` at its defaults, REFIT as WILD compared it (``variant=wild``,
+   RMSprop, lr 0.001 / 0.003 / 0.005, WILD Table II) and as its authors run it
+   (``variant=authors``).
 
 Outputs: ``results/wild_beta_ablation.csv`` (scheme, divergence, beta, seed,
-test_acc, wm_acc, threshold, ...) and the WILD / REFIT rows of
-``results/wild_fashion_mnist.csv`` (scheme, method, setting, ...); REFIT's
-``variant=authors`` rows already there are kept.
+test_acc, wm_acc, threshold, ...) and ``results/wild_fashion_mnist.csv``
+(scheme, method, setting, ...). Fresh runs replace the files' rows of the same
+cell; the files' other rows are kept (a partial rerun adds to them).
 
     OMP_NUM_THREADS=1 python -m scripts.aiken_results --jobs 2 --models-only   # the shared models
     OMP_NUM_THREADS=1 python -m scripts.wild_results --jobs 2
@@ -88,6 +89,7 @@ def plan(seeds: Sequence[int], schemes: Sequence[str], betas: Sequence[float], r
             if refit:
                 third += [Run(scheme, seed, "refit", (("removal.refit.variant", "wild"), ("removal.refit.lr", lr)))
                           for lr in REFIT_LRS]
+                third.append(Run(scheme, seed, "refit", (("removal.refit.variant", "authors"),)))
     return first + second + third
 
 
@@ -117,8 +119,8 @@ def execute(work: Path, run: Run) -> str:
     return f"{run.scheme} seed {run.seed} {run.name} in {seconds:.0f} s"
 
 
-def collect(work: Path, runs: Sequence[Run], table: Path) -> tuple[list[dict], list[dict]]:
-    """Rows of the ablation and of the comparison table from every finished run."""
+def collect(work: Path, runs: Sequence[Run], ablation_path: Path, table: Path) -> tuple[list[dict], list[dict]]:
+    """Rows of the ablation and of the comparison table: every finished run, merged into the files' rows."""
     seeds = sorted({run.seed for run in runs})
     schemes = [s for s in SCHEMES if any(run.scheme == s for run in runs)]
     limits = thresholds(work, seeds, schemes)
@@ -137,15 +139,36 @@ def collect(work: Path, runs: Sequence[Run], table: Path) -> tuple[list[dict], l
             ablation.append({**common, "divergence": run.method.removeprefix("wild_"), "beta": settings["beta"],
                              "alignment": metrics.get("alignment", "")})
             setting = f"beta={settings['beta']:g}"
+        elif run.method == "refit" and settings["removal.refit.variant"] == "authors":
+            setting = "variant=authors"
         elif run.method == "refit":
             setting = f"variant=wild,lr={settings['removal.refit.lr']:g}"
         else:
             setting = "defaults"
         rows.append({**common, "method": run.method, "setting": setting, "adversary_fraction": FRACTION})
-    if table.exists():  # keep REFIT's authors rows (results/README.md says how they were made)
-        with open(table, newline="") as handle:
-            rows = [r for r in csv.DictReader(handle) if r["setting"] == "variant=authors"] + rows
-    return ablation, rows
+    return (merge(read_csv(ablation_path) if ablation_path.exists() else [], ablation, ABLATION_KEY),
+            merge(read_csv(table) if table.exists() else [], rows, TABLE_KEY))
+
+
+ABLATION_KEY = ("scheme", "divergence", "beta", "seed")
+TABLE_KEY = ("scheme", "method", "setting", "seed")
+
+
+def merge(committed: Sequence[dict], fresh: Sequence[dict], key: Sequence[str]) -> list[dict]:
+    """The committed rows that no fresh run replaces, then the fresh rows: a rerun in a new work folder
+    (or of part of the grid) adds to the files instead of dropping what it did not run."""
+    def ident(row: dict) -> tuple[str, ...]:
+        return tuple(f"{float(row[k]):g}" if k in ("beta", "seed") else str(row[k]) for k in key)
+
+    replaced = {ident(row) for row in fresh}
+    return [row for row in committed if ident(row) not in replaced] + list(fresh)
+
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Every row of a CSV as a dict."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:
@@ -179,6 +202,112 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.pstdev(values)
+
+
+def ablation_groups(rows: Sequence[dict]) -> dict[tuple[str, str], list[tuple[float, list[dict]]]]:
+    """Rows by (scheme, divergence), then by beta in increasing order."""
+    groups: dict[tuple[str, str], dict[float, list[dict]]] = {}
+    for row in rows:
+        groups.setdefault((row["scheme"], row["divergence"]), {}).setdefault(float(row["beta"]), []).append(row)
+    return {key: sorted(by_beta.items()) for key, by_beta in sorted(groups.items())}
+
+
+def ablation_table(rows: Sequence[dict]) -> str:
+    """Markdown: per scheme, divergence and beta, retention and test-accuracy loss (points), mean ± std."""
+    lines = ["| scheme | D | beta | seeds | wm_acc % | test acc lost (points) | below threshold |",
+             "|---|---|---|---|---|---|---|"]
+    for (scheme, divergence), by_beta in ablation_groups(rows).items():
+        for beta, group in by_beta:
+            wm = _mean_std([100 * float(r["wm_acc"]) for r in group])
+            lost = _mean_std([100 * (float(r["test_acc_watermarked"]) - float(r["test_acc"])) for r in group])
+            below = sum(float(r["wm_acc"]) <= float(r["threshold"]) for r in group)
+            lines.append(f"| {scheme} | {divergence.upper()} | {beta:g} | {len(group)} | {wm[0]:.1f} ± {wm[1]:.1f} | "
+                         f"{lost[0]:.2f} ± {lost[1]:.2f} | {below}/{len(group)} |")
+    return "\n".join(lines)
+
+
+TABLE_II_COLUMNS = (  # (our method, our setting, WILD Table II column)
+    ("refit", "variant=wild,lr=0.001", "refit lr 0.001"),
+    ("refit", "variant=wild,lr=0.003", "refit lr 0.003"),
+    ("refit", "variant=wild,lr=0.005", "refit lr 0.005"),
+    ("wild_ce", f"beta={PAPER_BETA['wild_ce']:g}", "wild_ce"),
+    ("wild_js", f"beta={PAPER_BETA['wild_js']:g}", "wild_js"),
+    ("wild_dn", "defaults", "wild_dn"),
+)
+
+
+def table_ii(rows: Sequence[dict]) -> str:
+    """WILD Table II's shape on our rows: test accuracy / retention (%, mean ± std), the paper's MNIST 10 % below.
+
+    Only schemes with a WILD row of the same protocol (``wmbench.sweep.PAPER_ROWS``) get paper
+    numbers: WILD's "content" is our ``square``; our ``content`` (Zhang's text) has none.
+    """
+    from wmbench.sweep import WILD, paper_references
+
+    references = paper_references()
+    header = " | ".join(column for _, _, column in TABLE_II_COLUMNS)
+    lines = [f"| scheme | {header} |", "|---" * (1 + len(TABLE_II_COLUMNS)) + "|"]
+    for scheme in dict.fromkeys(row["scheme"] for row in rows):
+        ours, paper = [], []
+        for method, setting, column in TABLE_II_COLUMNS:
+            group = [r for r in rows if (r["scheme"], r["method"], r["setting"]) == (scheme, method, setting)]
+            if group:
+                test = _mean_std([100 * float(r["test_acc"]) for r in group])
+                wm = _mean_std([100 * float(r["wm_acc"]) for r in group])
+                ours.append(f"{test[0]:.1f} ± {test[1]:.1f} / {wm[0]:.1f} ± {wm[1]:.1f}")
+            else:
+                ours.append("not run")
+            method_key, _, lr = column.partition(" lr ")
+            source = f"{WILD}, lr {lr}" if lr else WILD
+            found = [ref for ref in references.get((scheme, method_key), [])
+                     if ref.fraction == FRACTION and ref.source == source]
+            paper.append(f"{100 * found[0].test_acc:.2f} / {100 * found[0].wm_acc:.2f}" if found else "")
+        lines.append(f"| {scheme} (ours, Fashion-MNIST) | " + " | ".join(ours) + " |")
+        if any(paper):
+            lines.append(f"| {found_row(references, scheme)} (paper, MNIST) | " + " | ".join(paper) + " |")
+    return "\n".join(lines)
+
+
+def found_row(references: dict, scheme: str) -> str:
+    """The WILD row name our ``scheme`` stands for, e.g. ``WILD "content"``."""
+    from wmbench.sweep import WILD
+
+    rows = [ref.row for ref in references.get((scheme, "wild_ce"), []) if ref.source == WILD]
+    return f'WILD "{rows[0].name}"' if rows else scheme
+
+
+def plot_ablation(rows: Sequence[dict], path: Path) -> None:
+    """Retention and test-accuracy loss against beta (symlog axis), one line per scheme and D, ± std bars."""
+    from matplotlib.figure import Figure
+
+    from wmbench.plotting import save_figure
+
+    figure = Figure(figsize=(11, 4.2))
+    retention, lost = figure.subplots(1, 2)
+    colors: dict[str, str] = {}
+    for (scheme, divergence), by_beta in ablation_groups(rows).items():
+        betas = [beta for beta, _ in by_beta]
+        style = {"label": f"{scheme} {divergence.upper()}", "color": colors.setdefault(scheme, f"C{len(colors)}"),
+                 "marker": "o" if divergence == "js" else "s",
+                 "linestyle": "-" if divergence == "js" else "--", "capsize": 3}
+        wm = [_mean_std([100 * float(r["wm_acc"]) for r in group]) for _, group in by_beta]
+        drop = [_mean_std([100 * (float(r["test_acc_watermarked"]) - float(r["test_acc"])) for r in group])
+                for _, group in by_beta]
+        retention.errorbar(betas, [m for m, _ in wm], yerr=[s for _, s in wm], **style)
+        lost.errorbar(betas, [m for m, _ in drop], yerr=[s for _, s in drop], **style)
+    for axis, label in ((retention, "watermark retention (%)"), (lost, "test accuracy lost (points)")):
+        axis.set_xscale("symlog", linthresh=0.1)
+        axis.set_xlabel("beta (0, then log scale)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    lost.axhline(1.5, color="grey", linewidth=0.8, linestyle=":")
+    retention.legend(fontsize=8)
+    figure.suptitle("WILD on Fashion-MNIST, 10 % adversary data, lenet: mean ± std over 3 seeds")
+    save_figure(figure, path)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
@@ -194,7 +323,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--collect", action="store_true", help="run nothing; write the CSVs from finished runs")
     parser.add_argument("--ablation", default="results/wild_beta_ablation.csv", help="default %(default)s")
     parser.add_argument("--table", default="results/wild_fashion_mnist.csv", help="default %(default)s")
+    parser.add_argument("--plot", default="docs/wild_beta_ablation.png",
+                        help="the ablation's curves against beta (default %(default)s)")
+    parser.add_argument("--from-csv", action="store_true",
+                        help="run nothing and read no work folder: print the tables and draw the plot from the "
+                             "committed CSVs")
     args = parser.parse_args(argv)
+    if args.from_csv:
+        ablation, rows = (read_csv(Path(path)) for path in (args.ablation, args.table))
+        print(ablation_table(ablation), table_ii(rows), summary(rows), sep="\n\n")
+        plot_ablation(ablation, Path(args.plot))
+        return
     work = Path(args.work).resolve()
     runs = plan(args.seeds, args.schemes, args.betas, args.refit, args.dn)
     missing = [str(work / r.scheme / f"seed{r.seed}" / "watermarked.pt") for r in runs
@@ -212,10 +351,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 left = elapsed / done * (len(runs) - done)
                 print(f"[{done}/{len(runs)}] {future.result()}; {elapsed / 60:.0f} min so far, about "
                       f"{left / 60:.0f} min left", file=sys.stderr, flush=True)
-    ablation, rows = collect(work, runs, Path(args.table))
+    ablation, rows = collect(work, runs, Path(args.ablation), Path(args.table))
     write_csv(Path(args.ablation), ABLATION_COLUMNS, ablation)
     write_csv(Path(args.table), TABLE_COLUMNS, rows)
-    print(summary(rows))
+    plot_ablation(ablation, Path(args.plot))
+    print(ablation_table(ablation), table_ii(rows), summary(rows), sep="\n\n")
     print(f"{len(ablation)} ablation rows in {args.ablation}, {len(rows)} rows in {args.table}; "
           f"{time.perf_counter() - start:.0f} s")
 
