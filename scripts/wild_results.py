@@ -85,12 +85,56 @@ def plan(seeds: Sequence[int], schemes: Sequence[str], betas: Sequence[float], r
                     run = Run(scheme, seed, method, (("beta", float(beta)),))
                     (first if beta in (0.0, PAPER_BETA[method]) else second).append(run)
             if dn:
-                third.append(Run(scheme, seed, "wild_dn", ()))
+                third.append(Run(scheme, seed, "wild_dn", (("removal.wild_dn.discriminator_input", "distribution"),)))
             if refit:
                 third += [Run(scheme, seed, "refit", (("removal.refit.variant", "wild"), ("removal.refit.lr", lr)))
                           for lr in REFIT_LRS]
                 third.append(Run(scheme, seed, "refit", (("removal.refit.variant", "authors"),)))
     return first + second + third
+
+
+HOLDOUT = 0.1  # the adversary's held-out share for choosing wild_dn's input
+DN_CHOICE = (  # (method, settings): wild_dn's candidates at the paper's unweighted term, and references
+    ("wild_dn", (("removal.wild_dn.discriminator_input", "raw"),)),
+    ("wild_dn", (("removal.wild_dn.discriminator_input", "std"),)),
+    ("wild_dn", (("removal.wild_dn.discriminator_input", "distribution"),)),
+    ("wild_dn", (("removal.wild_dn.discriminator_input", "raw"), ("removal.wild_dn.discriminator_lr", 0.0001))),
+    ("wild_dn", (("removal.wild_dn.discriminator_input", "raw"), ("beta", 0.1))),
+    ("wild_dn", (("removal.wild_dn.discriminator_input", "raw"), ("beta", 0.01))),
+    ("wild_dn", (("removal.wild_dn.discriminator_input", "raw"), ("removal.wild_dn.discriminator_lr", 0.0001),
+                 ("beta", 0.1))),
+    ("wild_dn", (("removal.wild_dn.discriminator_input", "distribution"), ("beta", 0.1))),
+    ("wild_js", (("beta", 0.0),)),
+    ("wild_js", (("beta", 1.0),)),
+)
+DN_CHOICE_COLUMNS = ("scheme", "seed", "method", "setting", "holdout_acc_watermarked", "holdout_acc",
+                     "discriminator_acc", "test_acc_watermarked", "test_acc", "wm_acc", "seconds")
+
+
+def dn_choice_plan(scheme: str = "square", seed: int = 0) -> list[Run]:
+    """wild_dn's discriminator input chosen as an adversary would: every candidate trains on 90 % of its
+    images and is judged by its accuracy on the other 10 % (``data.adversary_holdout``)."""
+    return [Run(scheme, seed, method, (("data.adversary_holdout", HOLDOUT), *settings))
+            for method, settings in DN_CHOICE]
+
+
+def dn_choice_rows(work: Path, runs: Sequence[Run]) -> list[dict]:
+    """One row per finished candidate; test accuracy and retention are reported, not used to choose."""
+    rows = []
+    for run in runs:
+        path = run.folder(work) / f"{run.name}.json"
+        if not path.exists():
+            continue
+        metrics = json.loads(path.read_text())
+        embedded = json.loads((work / run.scheme / f"seed{run.seed}" / "embed.json").read_text())
+        setting = ",".join(f"{key.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, float)
+                           else f"{key.rsplit('.', 1)[-1]}={value}" for key, value in run.settings[1:])
+        rows.append({"scheme": run.scheme, "seed": run.seed, "method": run.method, "setting": setting,
+                     "holdout_acc_watermarked": metrics["holdout_acc_watermarked"],
+                     "holdout_acc": metrics["holdout_acc"], "discriminator_acc": metrics.get("discriminator_acc", ""),
+                     "test_acc_watermarked": embedded["test_acc"], "test_acc": metrics["test_acc"],
+                     "wm_acc": metrics["wm_acc"], "seconds": round(metrics["time_s"], 1)})
+    return rows
 
 
 def execute(work: Path, run: Run) -> str:
@@ -144,7 +188,7 @@ def collect(work: Path, runs: Sequence[Run], ablation_path: Path, table: Path) -
         elif run.method == "refit":
             setting = f"variant=wild,lr={settings['removal.refit.lr']:g}"
         else:
-            setting = "defaults"
+            setting = ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in run.settings) or "defaults"
         rows.append({**common, "method": run.method, "setting": setting, "adversary_fraction": FRACTION})
     return (merge(read_csv(ablation_path) if ablation_path.exists() else [], ablation, ABLATION_KEY),
             merge(read_csv(table) if table.exists() else [], rows, TABLE_KEY))
@@ -234,7 +278,7 @@ TABLE_II_COLUMNS = (  # (our method, our setting, WILD Table II column)
     ("refit", "variant=wild,lr=0.005", "refit lr 0.005"),
     ("wild_ce", f"beta={PAPER_BETA['wild_ce']:g}", "wild_ce"),
     ("wild_js", f"beta={PAPER_BETA['wild_js']:g}", "wild_js"),
-    ("wild_dn", "defaults", "wild_dn"),
+    ("wild_dn", "discriminator_input=distribution", "wild_dn"),
 )
 
 
@@ -308,6 +352,19 @@ def plot_ablation(rows: Sequence[dict], path: Path) -> None:
     save_figure(figure, path)
 
 
+def run_all(work: Path, runs: Sequence[Run], jobs: int) -> None:
+    """Every run, ``jobs`` at once, with progress and an estimate of the time left."""
+    start = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = [pool.submit(execute, work, run) for run in runs]
+        for done, future in enumerate(as_completed(futures), start=1):
+            elapsed = time.perf_counter() - start
+            left = elapsed / done * (len(runs) - done)
+            print(f"[{done}/{len(runs)}] {future.result()}; {elapsed / 60:.0f} min so far, about "
+                  f"{left / 60:.0f} min left", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
@@ -317,6 +374,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help=f"WILD's beta for wild_ce and wild_js (default: {' '.join(f'{b:g}' for b in BETAS)})")
     parser.add_argument("--no-refit", dest="refit", action="store_false", help="skip REFIT's lr sweep")
     parser.add_argument("--no-dn", dest="dn", action="store_false", help="skip wild_dn")
+    parser.add_argument("--methods", nargs="+", choices=("wild_ce", "wild_js", "wild_dn", "refit"),
+                        help="run only these methods (default: all)")
+    parser.add_argument("--dn-choice", action="store_true",
+                        help="instead of the grid: wild_dn's discriminator inputs on square seed 0, judged on a "
+                             f"{HOLDOUT:.0%} held-out slice of the adversary's images -> --dn-choice-csv")
+    parser.add_argument("--dn-choice-csv", default="results/wild_dn_choice.csv", help="default %(default)s")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one process and CPU thread each")
     parser.add_argument("--work", default=".cache/aiken", help="scripts.aiken_results' work folder, whose models "
                                                                "are used (default %(default)s)")
@@ -335,7 +398,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         plot_ablation(ablation, Path(args.plot))
         return
     work = Path(args.work).resolve()
-    runs = plan(args.seeds, args.schemes, args.betas, args.refit, args.dn)
+    if args.dn_choice:
+        choice = dn_choice_plan()
+        run_all(work, choice, args.jobs)
+        write_csv(Path(args.dn_choice_csv), DN_CHOICE_COLUMNS, dn_choice_rows(work, choice))
+        print(f"{args.dn_choice_csv} written")
+        return
+    runs = [run for run in plan(args.seeds, args.schemes, args.betas, args.refit, args.dn)
+            if not args.methods or run.method in args.methods]
     missing = [str(work / r.scheme / f"seed{r.seed}" / "watermarked.pt") for r in runs
                if not (work / r.scheme / f"seed{r.seed}" / "watermarked.pt").exists()]
     if missing:
@@ -343,14 +413,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                          f"`python -m scripts.aiken_results --models-only --work {args.work}`")
     start = time.perf_counter()
     if not args.collect:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-            futures = [pool.submit(execute, work, run) for run in runs]
-            for done, future in enumerate(as_completed(futures), start=1):
-                elapsed = time.perf_counter() - start
-                left = elapsed / done * (len(runs) - done)
-                print(f"[{done}/{len(runs)}] {future.result()}; {elapsed / 60:.0f} min so far, about "
-                      f"{left / 60:.0f} min left", file=sys.stderr, flush=True)
+        run_all(work, runs, args.jobs)
     ablation, rows = collect(work, runs, Path(args.ablation), Path(args.table))
     write_csv(Path(args.ablation), ABLATION_COLUMNS, ablation)
     write_csv(Path(args.table), TABLE_COLUMNS, rows)
