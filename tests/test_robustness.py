@@ -1,0 +1,102 @@
+"""The robustness verdict: the adversary chooses on its own data, the verdict reports what that choice measured."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from wmbench.robustness import (
+    Attempt,
+    attempts_from_rows,
+    budget_key,
+    choose,
+    frontier,
+    report,
+    to_metrics,
+    verdicts,
+)
+
+
+def attempt(method: str = "wild_js", setting: str = "beta=1", seed: int = 0, *, estimated: float = 0.01,
+            proxy: float = 0.1, drop: float = 0.01, wm: float = 0.05, threshold: float = 0.03,
+            scheme: str = "square") -> Attempt:
+    return Attempt(scheme, method, setting, seed, estimated, proxy, drop, wm, threshold)
+
+
+def test_choice_never_reads_test_accuracy_or_true_retention():
+    """Two attempts that differ only in what the adversary cannot see: the pick follows its own estimates."""
+    seen_strong = attempt(setting="a", estimated=0.004, proxy=0.02, drop=0.05, wm=0.9)
+    seen_weak = attempt(setting="b", estimated=0.004, proxy=0.30, drop=0.0, wm=0.0)
+    assert choose([seen_strong, seen_weak], budget=0.005) is seen_strong
+
+
+def test_choice_keeps_to_the_budget_on_the_held_out_estimate():
+    cheap = attempt(setting="cheap", estimated=0.003, proxy=0.5)
+    strong = attempt(setting="strong", estimated=0.015, proxy=0.0)
+    assert choose([cheap, strong], 0.005) is cheap
+    assert choose([cheap, strong], 0.02) is strong
+    assert choose([strong], 0.005) is None
+
+
+def test_ties_go_to_the_smaller_drop_whatever_the_order():
+    a = attempt(setting="a", estimated=0.008, proxy=0.1)
+    b = attempt(setting="b", estimated=0.002, proxy=0.1)
+    assert choose([a, b], 0.01) is b and choose([b, a], 0.01) is b
+
+
+def test_removed_only_when_every_seed_is_below_its_threshold():
+    attempts = [attempt(seed=0, wm=0.01, threshold=0.03), attempt(seed=1, wm=0.02, threshold=0.03),
+                attempt(seed=2, wm=0.10, threshold=0.03)]
+    (verdict,) = verdicts(attempts, budgets=[0.01])
+    assert not verdict.removed and verdict.text == "survives 1 points"
+    (verdict,) = verdicts(attempts[:2], budgets=[0.01])
+    assert verdict.removed and verdict.text == "removed within 1 points, by wild_js beta=1"
+
+
+def test_a_seed_with_nothing_in_budget_survives():
+    attempts = [attempt(seed=0, wm=0.0), attempt(seed=1, estimated=0.05, wm=0.0)]
+    (verdict,) = verdicts(attempts, budgets=[0.01])
+    assert verdict.picks[1] is None and not verdict.removed
+    assert verdict.stat("wm_acc") == (0.0, 0.0)  # the one pick's figures
+
+
+def test_verdict_per_scheme_and_budget_with_mean_and_spread():
+    attempts = [attempt(scheme=s, seed=k, wm=w, drop=d) for s in ("noise", "square")
+                for k, (w, d) in enumerate([(0.02, 0.01), (0.04, 0.03)])]
+    found = verdicts(attempts)
+    assert [(v.scheme, v.budget) for v in found] == [(s, b) for s in ("noise", "square") for b in (0.005, 0.01, 0.02)]
+    metrics = to_metrics(found)
+    entry = metrics["square"]["within_1"]
+    assert entry["wm_acc"] == pytest.approx(0.03) and entry["wm_acc_std"] == pytest.approx(0.01)
+    assert entry["test_acc_drop"] == pytest.approx(0.02) and entry["removed"] is False and entry["seeds"] == 2
+    assert set(metrics["noise"]) == {"within_0_5", "within_1", "within_2"}
+    assert all("." not in key for scheme in metrics.values() for key in scheme)
+    table = report(found)
+    assert table.count("\n") == 2 + len(found) - 1
+    assert "| square | 1 | wild_js beta=1 | 2.0 ± 1.0 | 3.0 ± 1.0 | 1/2 |" in table
+
+
+def test_budgets_are_fractions():
+    with pytest.raises(ValueError, match="fractions"):
+        verdicts([attempt()], budgets=[1])
+    assert budget_key(0.005) == "within_0_5" and budget_key(0.02) == "within_2"
+
+
+def test_frontier_keeps_only_settings_nothing_beats_on_both():
+    attempts = [attempt(setting="beta=0", drop=0.01, wm=0.3), attempt(setting="beta=1", drop=0.02, wm=0.1),
+                attempt(setting="beta=10", drop=0.03, wm=0.2), attempt("refit", "lr=0.005", drop=0.0, wm=0.9)]
+    assert frontier(attempts) == {"refit": [(0.0, 0.9, "lr=0.005")],
+                                  "wild_js": [(0.01, 0.3, "beta=0"), (0.02, 0.1, "beta=1")]}
+
+
+def test_rows_without_the_adversarys_figures_fail_with_what_is_missing():
+    row = {"scheme": "square", "method": "laundering", "setting": "", "seed": 0, "holdout_acc_watermarked": 0.92,
+           "holdout_acc": 0.9, "proxy_wm_acc": 0.1, "test_acc_watermarked": 0.89, "test_acc": 0.88,
+           "wm_acc": 0.02, "threshold": 0.03}
+    (made,) = attempts_from_rows([row])
+    assert made.estimated_drop == pytest.approx(0.02) and made.test_acc_drop == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="lacks holdout_acc"):
+        attempts_from_rows([{**row, "holdout_acc": ""}])
+    with pytest.raises(ValueError, match="adversary_holdout"):
+        attempt(estimated=math.nan)

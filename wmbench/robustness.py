@@ -1,0 +1,198 @@
+"""The robustness verdict: per watermark, the strongest removal an adversary can pick within an accuracy budget.
+
+A model owner asks "can someone with part of my data remove my watermark while
+losing at most N points of accuracy?". The answer is read from removal runs
+(:class:`Attempt`: one method at one setting on one seed's model) in two steps
+that keep the adversary's knowledge apart from the measurement:
+
+1. **Choose** (:func:`choose`), per model, with the adversary's data only: the
+   attempts whose accuracy drop on its held-out slice fits the budget, and of
+   those the one with the lowest *proxy* retention (its stand-in for the true
+   trigger set, e.g. the reconstructed trigger or erased copies). Test accuracy
+   and the true retention are never looked at here.
+2. **Measure** (:func:`verdicts`): the chosen attempts' test-accuracy drop and
+   retention against the vanilla threshold, with the spread over seeds. A
+   watermark is "removed within N points" only when every seed's pick is below
+   its threshold; one surviving seed makes it "survives".
+
+:func:`frontier` gives the measured accuracy-retention trade-off per method
+(every setting, mean over seeds): what the best setting in hindsight reaches,
+shown beside the verdict, never used to make it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+BUDGETS = (0.005, 0.01, 0.02)  # accuracy an owner tolerates losing: 0.5, 1 and 2 points
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One removal run. ``estimated_drop`` and ``proxy_wm_acc`` are the adversary's; the rest is measured after."""
+
+    scheme: str
+    method: str
+    setting: str
+    seed: int
+    estimated_drop: float  # holdout_acc_watermarked - holdout_acc, on the adversary's held-out slice
+    proxy_wm_acc: float  # retention as the adversary can estimate it (lower: a stronger removal)
+    test_acc_drop: float
+    wm_acc: float
+    threshold: float
+
+    def __post_init__(self) -> None:
+        for name in ("estimated_drop", "proxy_wm_acc", "test_acc_drop", "wm_acc", "threshold"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{self.scheme} {self.method} {self.setting} seed {self.seed}: {name} is "
+                                 f"{getattr(self, name)}; every attempt needs a finite value (run the remove "
+                                 "stage with data.adversary_holdout > 0 for the held-out figures)")
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.setting}".strip()
+
+    @property
+    def removed(self) -> bool:
+        return self.wm_acc <= self.threshold
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The adversary's picks for one watermark and budget, one per seed (None: nothing fit the budget)."""
+
+    scheme: str
+    budget: float
+    picks: tuple[Attempt | None, ...]
+
+    @property
+    def chosen(self) -> list[Attempt]:
+        return [pick for pick in self.picks if pick is not None]
+
+    @property
+    def removed(self) -> bool:
+        """Every seed's pick below its threshold; a seed with no admissible attempt counts as surviving."""
+        return bool(self.picks) and all(pick is not None and pick.removed for pick in self.picks)
+
+    @property
+    def method(self) -> str:
+        """The most common pick (method and setting), ``none`` when no seed had one."""
+        counts = Counter(pick.label for pick in self.chosen)
+        return counts.most_common(1)[0][0] if counts else "none"
+
+    def stat(self, field: str) -> tuple[float, float]:
+        """Mean and population standard deviation of ``field`` over the picks (NaN when none)."""
+        values = [getattr(pick, field) for pick in self.chosen]
+        if not values:
+            return math.nan, math.nan
+        return statistics.fmean(values), statistics.pstdev(values)
+
+    @property
+    def text(self) -> str:
+        points = f"{100 * self.budget:g}"
+        if self.removed:
+            return f"removed within {points} points, by {self.method}"
+        return f"survives {points} points"
+
+
+def choose(attempts: Iterable[Attempt], budget: float) -> Attempt | None:
+    """The adversary's pick on one model (step 1): lowest proxy retention among the attempts whose held-out
+    drop is within ``budget``; ties go to the smaller drop, then the name, so the pick is deterministic."""
+    admissible = [a for a in attempts if a.estimated_drop <= budget]
+    if not admissible:
+        return None
+    return min(admissible, key=lambda a: (a.proxy_wm_acc, a.estimated_drop, a.label))
+
+
+def verdicts(attempts: Sequence[Attempt], budgets: Sequence[float] = BUDGETS) -> list[Verdict]:
+    """One :class:`Verdict` per (scheme, budget), each seed's model judged on its own attempts (step 2)."""
+    if any(not 0 < b < 1 for b in budgets):
+        raise ValueError(f"budgets {list(budgets)} must be accuracy fractions in (0, 1), e.g. 0.01 for one point")
+    schemes = sorted({a.scheme for a in attempts})
+    result = []
+    for scheme in schemes:
+        mine = [a for a in attempts if a.scheme == scheme]
+        seeds = sorted({a.seed for a in mine})
+        for budget in budgets:
+            picks = tuple(choose((a for a in mine if a.seed == seed), budget) for seed in seeds)
+            result.append(Verdict(scheme, budget, picks))
+    return result
+
+
+def budget_key(budget: float) -> str:
+    """``within_0_5`` for 0.005: metric keys carry no dots (DVC flattens nested keys with them)."""
+    return "within_" + f"{100 * budget:g}".replace(".", "_")
+
+
+def to_metrics(found: Sequence[Verdict]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{scheme: {within_<points>: {wm_acc, wm_acc_std, test_acc_drop, test_acc_drop_std, method, removed,
+    seeds}}}``, for ``metrics/robustness.json``."""
+    metrics: dict[str, dict[str, dict[str, Any]]] = {}
+    for verdict in found:
+        wm, wm_std = verdict.stat("wm_acc")
+        drop, drop_std = verdict.stat("test_acc_drop")
+        metrics.setdefault(verdict.scheme, {})[budget_key(verdict.budget)] = {
+            "wm_acc": wm, "wm_acc_std": wm_std, "test_acc_drop": drop, "test_acc_drop_std": drop_std,
+            "method": verdict.method, "removed": verdict.removed, "seeds": len(verdict.picks)}
+    return metrics
+
+
+def report(found: Sequence[Verdict]) -> str:
+    """Markdown: one row per watermark and budget, the measured figures of the adversary's picks."""
+    lines = ["| watermark | budget (points) | adversary's pick | test acc lost (points) | wm_acc % | "
+             "below threshold | verdict |", "|---|---|---|---|---|---|---|"]
+    for verdict in found:
+        wm, wm_std = verdict.stat("wm_acc")
+        drop, drop_std = verdict.stat("test_acc_drop")
+        below = sum(pick.removed for pick in verdict.chosen)
+        lines.append(f"| {verdict.scheme} | {100 * verdict.budget:g} | {verdict.method} | "
+                     f"{100 * drop:.1f} ± {100 * drop_std:.1f} | {100 * wm:.1f} ± {100 * wm_std:.1f} | "
+                     f"{below}/{len(verdict.picks)} | {verdict.text} |")
+    return "\n".join(lines)
+
+
+def frontier(attempts: Sequence[Attempt]) -> dict[str, list[tuple[float, float, str]]]:
+    """Per method, its settings' measured (test drop, retention, setting), means over seeds, keeping only those
+    no other setting of the method beats on both, sorted by drop: the trade-off in hindsight."""
+    groups: dict[tuple[str, str], list[Attempt]] = {}
+    for attempt in attempts:
+        groups.setdefault((attempt.method, attempt.setting), []).append(attempt)
+    points: dict[str, list[tuple[float, float, str]]] = {}
+    for (method, setting), group in groups.items():
+        points.setdefault(method, []).append((statistics.fmean(a.test_acc_drop for a in group),
+                                              statistics.fmean(a.wm_acc for a in group), setting))
+    result = {}
+    for method, candidates in sorted(points.items()):
+        candidates.sort()
+        kept, best = [], math.inf
+        for drop, wm, setting in candidates:
+            if wm < best:
+                kept.append((drop, wm, setting))
+                best = wm
+        result[method] = kept
+    return result
+
+
+def attempts_from_rows(rows: Iterable[Mapping[str, Any]], proxy: str = "proxy_wm_acc") -> list[Attempt]:
+    """Attempts from result rows (``scheme, method, setting, seed, holdout_acc_watermarked, holdout_acc,
+    <proxy>, test_acc_watermarked, test_acc, wm_acc, threshold``), as the ``results/`` CSVs write them."""
+    attempts = []
+    for row in rows:
+        missing = [k for k in ("holdout_acc_watermarked", "holdout_acc", proxy, "test_acc_watermarked",
+                               "test_acc", "wm_acc", "threshold") if row.get(k) in (None, "")]
+        if missing:
+            raise ValueError(f"row {dict(row)} lacks {', '.join(missing)}: the verdict needs the adversary's "
+                             "held-out accuracy and proxy retention beside the measured figures")
+        attempts.append(Attempt(
+            scheme=str(row["scheme"]), method=str(row["method"]), setting=str(row.get("setting") or ""),
+            seed=int(row["seed"]),
+            estimated_drop=float(row["holdout_acc_watermarked"]) - float(row["holdout_acc"]),
+            proxy_wm_acc=float(row[proxy]),
+            test_acc_drop=float(row["test_acc_watermarked"]) - float(row["test_acc"]),
+            wm_acc=float(row["wm_acc"]), threshold=float(row["threshold"])))
+    return attempts
