@@ -68,10 +68,11 @@ def cell_params(seed: int, scheme: str, fraction: float, sets: Sequence[str]) ->
 
 
 def run_cell(work: Path, seed: int, scheme: str, fractions: Sequence[float], sets: Sequence[str],
-             models_only: bool = False) -> str:
+             models_only: bool = False, launder: bool = True) -> str:
     """Prepare, embed once, then reconstruct and launder at every fraction; files under ``work/scheme/seed``.
 
-    ``models_only`` stops after the embedding (other grids, e.g. ``scripts.wild_results``, share it).
+    ``models_only`` stops after the embedding (other grids, e.g. ``scripts.wild_results``, share it);
+    ``launder`` False stops after Neural Cleanse (``--launder-choice`` launders with a held-out slice itself).
     """
     import torch
 
@@ -97,13 +98,88 @@ def run_cell(work: Path, seed: int, scheme: str, fractions: Sequence[float], set
             run_quietly(reconstruct.main, ["--params", params, "--prepared", prepared, "--model", str(model),
                                            "--out", str(folder / "reconstruct"),
                                            "--metrics", str(folder / "reconstruct.json")], log)
-        if not (folder / "laundering.json").exists():
+        if launder and not (folder / "laundering.json").exists():
             run_quietly(remove.main, ["--params", params, "--method", "laundering", "--prepared", prepared,
                                       "--model", str(model), "--out", str(folder / "laundering.pt"),
                                       "--metrics", str(folder / "laundering.json"),
                                       "--plot", str(folder / "laundering.csv"),
                                       "--reconstruct", str(folder / "reconstruct")], log)
     return f"{scheme} seed {seed}"
+
+
+HOLDOUT = 0.1  # the adversary's held-out share when it chooses Laundering's retraining
+LAUNDER_CHOICE = {  # Step 3's retraining recipes (the paper gives none): name -> removal.laundering settings
+    "epochs=8,lr=0.001": {"epochs": 8, "lr": 0.001},  # the default
+    "epochs=4,lr=0.001": {"epochs": 4, "lr": 0.001},
+    "epochs=16,lr=0.001": {"epochs": 16, "lr": 0.001},
+    "epochs=16,lr=0.0005": {"epochs": 16, "lr": 0.0005},
+}
+CHOICE_COLUMNS = ("scheme", "seed", "recipe", "holdout_acc_watermarked", "holdout_acc", "test_acc_watermarked",
+                  "test_acc", "wm_acc", "threshold", "seconds")
+
+
+def launder_candidate(work: Path, seed: int, scheme: str, recipe: str) -> str:
+    """``remove@laundering`` with one retraining recipe on the 10 % cell, trained on 90 % of the adversary's
+    images and judged on the other 10 %; round 1 reuses the cell's Neural Cleanse output."""
+    import torch
+
+    torch.set_num_threads(1)
+    from stages import remove
+
+    folder = work / scheme / f"seed{seed}" / f"{FRACTIONS[0]:g}"
+    out = folder / "launder_choice"
+    out.mkdir(exist_ok=True)
+    if (out / f"{recipe}.json").exists():
+        return f"{scheme} seed {seed} {recipe} (kept)"
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    set_dotted(params, "data.adversary_holdout", HOLDOUT)
+    for key, value in LAUNDER_CHOICE[recipe].items():
+        set_dotted(params, f"removal.laundering.{key}", value)
+    run_quietly(remove.main, ["--params", write_yaml(out / f"{recipe}.yaml", params), "--method", "laundering",
+                              "--prepared", str(folder / "prepared"),
+                              "--model", str(work / scheme / f"seed{seed}" / "watermarked.pt"),
+                              "--out", str(out / f"{recipe}.pt"), "--metrics", str(out / f"{recipe}.json"),
+                              "--plot", str(out / f"{recipe}.csv"), "--reconstruct", str(folder / "reconstruct")],
+                out / "stages.log")
+    (out / f"{recipe}.pt").unlink()
+    return f"{scheme} seed {seed} {recipe}"
+
+
+def choice_rows(work: Path, seeds: Sequence[int], schemes: Sequence[str]) -> list[dict]:
+    """One row per finished candidate; the adversary ranks by ``holdout_acc``, the rest is reported after."""
+    limits = thresholds(work, seeds, schemes)
+    rows = []
+    for seed in seeds:
+        for scheme in schemes:
+            out = work / scheme / f"seed{seed}" / f"{FRACTIONS[0]:g}" / "launder_choice"
+            embedded = _read(work / scheme / f"seed{seed}" / "embed.json")
+            for recipe in LAUNDER_CHOICE:
+                if not (out / f"{recipe}.json").exists():
+                    continue
+                metrics = _read(out / f"{recipe}.json")
+                rows.append({"scheme": scheme, "seed": seed, "recipe": recipe,
+                             "holdout_acc_watermarked": metrics["holdout_acc_watermarked"],
+                             "holdout_acc": metrics["holdout_acc"], "test_acc_watermarked": embedded["test_acc"],
+                             "test_acc": metrics["test_acc"], "wm_acc": metrics["wm_acc"],
+                             "threshold": limits[scheme, seed], "seconds": round(metrics["time_s"], 1)})
+    return rows
+
+
+def choice_summary(rows: Sequence[dict]) -> str:
+    """Markdown: per recipe, what the adversary ranks by (held-out accuracy), then what it could not see."""
+    def stat(values: list[float]) -> str:
+        return f"{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}"
+
+    lines = ["| recipe | cells | held-out acc % (chooses) | test acc lost (points) | wm_acc % | removed |",
+             "|---|---|---|---|---|---|"]
+    for recipe in LAUNDER_CHOICE:
+        group = [r for r in rows if r["recipe"] == recipe]
+        if group:
+            removed = sum(float(r["wm_acc"]) <= float(r["threshold"]) for r in group)
+            lines.append(f"| {recipe} | {len(group)} | {stat([100 * float(r['holdout_acc']) for r in group])} | "
+                         f"{stat([100 * (float(r['test_acc_watermarked']) - float(r['test_acc'])) for r in group])} | "
+                         f"{stat([100 * float(r['wm_acc']) for r in group])} | {removed}/{len(group)} |")
+    return "\n".join(lines)
 
 
 def run_clean(work: Path, seed: int, fraction: float, sets: Sequence[str], models_only: bool = False) -> str:
@@ -224,12 +300,15 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], columns: Sequence[str] = COLUMNS) -> None:
+    """The CSV in one rename, so an interrupted write leaves the old file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    partial = path.with_suffix(".csv.partial")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    partial.replace(path)
 
 
 def summary(rows: list[dict]) -> str:
@@ -276,15 +355,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                                "between runs (default .cache/aiken)")
     parser.add_argument("--out", default="results/aiken_fashion_mnist.csv", help="the CSV written "
                                                                                  "(default %(default)s)")
+    parser.add_argument("--launder-choice", action="store_true",
+                        help="instead of the grid: the cells' Neural Cleanse and Laundering, then Laundering's "
+                             "retraining recipes judged on a held-out slice of the adversary's images -> "
+                             "--choice-out (no clean-model search, no --out); use with --fractions 0.1")
+    parser.add_argument("--choice-out", default="results/laundering_choice.csv", help="default %(default)s")
     parser.add_argument("--models-only", action="store_true", help="embed and train the clean models, nothing "
                                                                   "else (for grids that share them)")
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
     cell_params(args.seeds[0], args.schemes[0], args.fractions[0], args.set)  # a bad --set fails here
 
-    tasks = [(run_cell, (work, seed, scheme, args.fractions, args.set, args.models_only))
+    tasks = [(run_cell, (work, seed, scheme, args.fractions, args.set, args.models_only, not args.launder_choice))
              for seed in args.seeds for scheme in args.schemes]
-    tasks += [(run_clean, (work, seed, FRACTIONS[0], args.set, args.models_only)) for seed in args.seeds]
+    if not args.launder_choice:  # the choice needs the cells' triggers, not the clean models' false positives
+        tasks += [(run_clean, (work, seed, FRACTIONS[0], args.set, args.models_only)) for seed in args.seeds]
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
@@ -294,6 +379,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                   file=sys.stderr, flush=True)
     if args.models_only:
         print(f"models in {work} after {time.perf_counter() - start:.0f} s")
+        return
+    if args.launder_choice:
+        candidates = [(seed, scheme, recipe) for seed in args.seeds for scheme in args.schemes
+                      for recipe in LAUNDER_CHOICE]
+        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            futures = [pool.submit(launder_candidate, work, *candidate) for candidate in candidates]
+            for done, future in enumerate(as_completed(futures), start=1):
+                print(f"[{done}/{len(candidates)}] {future.result()} done at {time.perf_counter() - start:.0f} s",
+                      file=sys.stderr, flush=True)
+        chosen = choice_rows(work, args.seeds, args.schemes)
+        write_csv(Path(args.choice_out), chosen, CHOICE_COLUMNS)
+        print(choice_summary(chosen))
+        print(f"wall {time.perf_counter() - start:.0f} s; rows in {args.choice_out}")
         return
     rows = collect(work, args.seeds, args.schemes, args.fractions)
     write_csv(Path(args.out), rows)

@@ -35,7 +35,7 @@ import multiprocessing
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,15 +118,19 @@ def dn_choice_plan(scheme: str = "square", seed: int = 0) -> list[Run]:
             for method, settings in DN_CHOICE]
 
 
+def finished(work: Path, runs: Sequence[Run]) -> Iterator[tuple[Run, dict, dict]]:
+    """(run, its remove metrics, its model's embed metrics) for every run that has finished."""
+    for run in runs:
+        path = run.folder(work) / f"{run.name}.json"
+        if path.exists():
+            embedded = json.loads((work / run.scheme / f"seed{run.seed}" / "embed.json").read_text())
+            yield run, json.loads(path.read_text()), embedded
+
+
 def dn_choice_rows(work: Path, runs: Sequence[Run]) -> list[dict]:
     """One row per finished candidate; test accuracy and retention are reported, not used to choose."""
     rows = []
-    for run in runs:
-        path = run.folder(work) / f"{run.name}.json"
-        if not path.exists():
-            continue
-        metrics = json.loads(path.read_text())
-        embedded = json.loads((work / run.scheme / f"seed{run.seed}" / "embed.json").read_text())
+    for run, metrics, embedded in finished(work, runs):
         setting = ",".join(f"{key.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, float)
                            else f"{key.rsplit('.', 1)[-1]}={value}" for key, value in run.settings[1:])
         rows.append({"scheme": run.scheme, "seed": run.seed, "method": run.method, "setting": setting,
@@ -169,12 +173,7 @@ def collect(work: Path, runs: Sequence[Run], ablation_path: Path, table: Path) -
     schemes = [s for s in SCHEMES if any(run.scheme == s for run in runs)]
     limits = thresholds(work, seeds, schemes)
     ablation, rows = [], []
-    for run in runs:
-        path = run.folder(work) / f"{run.name}.json"
-        if not path.exists():
-            continue
-        metrics = json.loads(path.read_text())
-        embedded = json.loads((work / run.scheme / f"seed{run.seed}" / "embed.json").read_text())
+    for run, metrics, embedded in finished(work, runs):
         common = {"scheme": run.scheme, "seed": run.seed, "test_acc": metrics["test_acc"],
                   "wm_acc": metrics["wm_acc"], "threshold": limits[run.scheme, run.seed],
                   "test_acc_watermarked": embedded["test_acc"], "seconds": round(metrics["time_s"], 1)}
