@@ -300,6 +300,23 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def merge(committed: Sequence[dict], fresh: Sequence[dict], key: Sequence[str]) -> list[dict]:
+    """The committed rows that no fresh run replaces, then the fresh rows: a rerun in a new work folder
+    (or of part of the grid) adds to the files instead of dropping what it did not run."""
+    def ident(row: dict) -> tuple[str, ...]:
+        return tuple(f"{float(row[k]):g}" if k in ("beta", "seed") else str(row[k]) for k in key)
+
+    replaced = {ident(row) for row in fresh}
+    return [row for row in committed if ident(row) not in replaced] + list(fresh)
+
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Every row of a CSV as a dict."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def write_csv(path: Path, rows: list[dict], columns: Sequence[str] = COLUMNS) -> None:
     """The CSV in one rename, so an interrupted write leaves the old file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -388,8 +405,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             for done, future in enumerate(as_completed(futures), start=1):
                 print(f"[{done}/{len(candidates)}] {future.result()} done at {time.perf_counter() - start:.0f} s",
                       file=sys.stderr, flush=True)
-        chosen = choice_rows(work, args.seeds, args.schemes)
-        write_csv(Path(args.choice_out), chosen, CHOICE_COLUMNS)
+        out = Path(args.choice_out)
+        chosen = merge(read_csv(out) if out.exists() else [], choice_rows(work, args.seeds, args.schemes),
+                       ("scheme", "seed", "recipe"))
+        write_csv(out, chosen, CHOICE_COLUMNS)
         print(choice_summary(chosen))
         print(f"wall {time.perf_counter() - start:.0f} s; rows in {args.choice_out}")
         return

@@ -29,7 +29,6 @@ cell; the files' other rows are kept (a partial rerun adds to them).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import multiprocessing
 import statistics
@@ -44,7 +43,7 @@ from typing import Any
 import yaml
 
 from bench.wild_grid import run_quietly, set_dotted, write_yaml
-from scripts.aiken_results import SCHEMES, thresholds
+from scripts.aiken_results import SCHEMES, merge, read_csv, thresholds, write_csv
 
 FRACTION = 0.1  # WILD's 10 %
 PAPER_BETA = {"wild_ce": 0.1, "wild_js": 1.0}  # WILD Table I, MNIST
@@ -195,34 +194,6 @@ def collect(work: Path, runs: Sequence[Run], ablation_path: Path, table: Path) -
 
 ABLATION_KEY = ("scheme", "divergence", "beta", "seed")
 TABLE_KEY = ("scheme", "method", "setting", "seed")
-
-
-def merge(committed: Sequence[dict], fresh: Sequence[dict], key: Sequence[str]) -> list[dict]:
-    """The committed rows that no fresh run replaces, then the fresh rows: a rerun in a new work folder
-    (or of part of the grid) adds to the files instead of dropping what it did not run."""
-    def ident(row: dict) -> tuple[str, ...]:
-        return tuple(f"{float(row[k]):g}" if k in ("beta", "seed") else str(row[k]) for k in key)
-
-    replaced = {ident(row) for row in fresh}
-    return [row for row in committed if ident(row) not in replaced] + list(fresh)
-
-
-
-def read_csv(path: Path) -> list[dict]:
-    """Every row of a CSV as a dict."""
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def write_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:
-    """The CSV in one rename, so an interrupted write leaves the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".csv.partial")
-    with open(partial, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    partial.replace(path)
 
 
 def summary(rows: list[dict]) -> str:
@@ -400,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.dn_choice:
         choice = dn_choice_plan()
         run_all(work, choice, args.jobs)
-        write_csv(Path(args.dn_choice_csv), DN_CHOICE_COLUMNS, dn_choice_rows(work, choice))
+        write_csv(Path(args.dn_choice_csv), dn_choice_rows(work, choice), DN_CHOICE_COLUMNS)
         print(f"{args.dn_choice_csv} written")
         return
     runs = [run for run in plan(args.seeds, args.schemes, args.betas, args.refit, args.dn)
@@ -414,8 +385,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.collect:
         run_all(work, runs, args.jobs)
     ablation, rows = collect(work, runs, Path(args.ablation), Path(args.table))
-    write_csv(Path(args.ablation), ABLATION_COLUMNS, ablation)
-    write_csv(Path(args.table), TABLE_COLUMNS, rows)
+    write_csv(Path(args.ablation), ablation, ABLATION_COLUMNS)
+    write_csv(Path(args.table), rows, TABLE_COLUMNS)
     plot_ablation(ablation, Path(args.plot))
     print(ablation_table(ablation), table_ii(rows), summary(rows), sep="\n\n")
     print(f"{len(ablation)} ablation rows in {args.ablation}, {len(rows)} rows in {args.table}; "
