@@ -37,7 +37,13 @@ import yaml
 from bench.wild_grid import run_quietly, set_dotted, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMES = ("square", "content", "noise")
+SCHEMES = ("square", "content", "noise")  # the default grid
+# Schemes a grid can add with --schemes, and what each sets besides watermark.scheme.
+SCHEME_SETTINGS: dict[str, dict[str, Any]] = {
+    "square": {}, "content": {}, "noise": {},
+    # WILD Sec. IV-A / Adi et al.: 100 out-of-domain images labelled the target, verified on those same images
+    "unrelated": {"watermark.unrelated.verification": "same", "watermark.size": 100},
+}
 FRACTIONS = (0.1, 0.006)  # WILD's 10 %; Laundering's 0.6 % (360 Fashion-MNIST images)
 COLUMNS = ("scheme", "arch", "seed", "adversary_fraction", "target_detected", "target_anomaly",
            "max_other_anomaly", "target_rank", "flagged", "threshold", "test_acc_watermarked", "test_acc",
@@ -51,6 +57,7 @@ BASE = {  # Fashion-MNIST, lenet, 5 embedding epochs, target 0 (the settings of 
     "device": "cpu",
     "reconstruct.epoch_images": 1024,  # the reference's epoch, as the full-size presets set it
     "reconstruct.restarts": 3,  # as the full-size presets
+    "data.adversary_holdout": 0.0,  # the committed runs train on all of the adversary's images
 }
 CLEAN_SEED_OFFSET = 100  # a clean model's training seed: the run's seed + this
 
@@ -58,7 +65,7 @@ CLEAN_SEED_OFFSET = 100  # a clean model's training seed: the run's seed + this
 def cell_params(seed: int, scheme: str, fraction: float, sets: Sequence[str]) -> dict[str, Any]:
     """The project's params.yaml with the base settings, the cell's and ``--set KEY=VALUE`` applied."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in {**BASE, "seed": seed, "watermark.scheme": scheme,
+    for key, value in {**BASE, "seed": seed, "watermark.scheme": scheme, **SCHEME_SETTINGS[scheme],
                        "data.adversary_fraction": fraction}.items():
         set_dotted(params, key, value)
     for item in sets:
@@ -360,8 +367,8 @@ def summary(rows: list[dict]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
-    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES,
-                        help=f"default: {' '.join(SCHEMES)}")
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEME_SETTINGS,
+                        help=f"default: {' '.join(SCHEMES)}; unrelated: WILD's and Adi et al.'s 100-image key")
     parser.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS),
                         help="adversary fractions (default: 0.1 0.006)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

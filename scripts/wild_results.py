@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from bench.wild_grid import run_quietly, set_dotted, write_yaml
-from scripts.aiken_results import SCHEMES, merge, read_csv, thresholds, write_csv
+from scripts.aiken_results import SCHEME_SETTINGS, SCHEMES, merge, read_csv, thresholds, write_csv
 
 FRACTION = 0.1  # WILD's 10 %
 PAPER_BETA = {"wild_ce": 0.1, "wild_js": 1.0}  # WILD Table I, MNIST
@@ -169,7 +169,7 @@ def execute(work: Path, run: Run) -> str:
 def collect(work: Path, runs: Sequence[Run], ablation_path: Path, table: Path) -> tuple[list[dict], list[dict]]:
     """Rows of the ablation and of the comparison table: every finished run, merged into the files' rows."""
     seeds = sorted({run.seed for run in runs})
-    schemes = [s for s in SCHEMES if any(run.scheme == s for run in runs)]
+    schemes = [s for s in SCHEME_SETTINGS if any(run.scheme == s for run in runs)]
     limits = thresholds(work, seeds, schemes)
     ablation, rows = [], []
     for run, metrics, embedded in finished(work, runs):
@@ -338,8 +338,8 @@ def run_all(work: Path, runs: Sequence[Run], jobs: int) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
-    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES,
-                        help=f"default: {' '.join(SCHEMES)}")
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEME_SETTINGS,
+                        help=f"default: {' '.join(SCHEMES)}; unrelated: WILD's and Adi et al.'s 100-image key")
     parser.add_argument("--betas", nargs="+", type=float, default=list(BETAS),
                         help=f"WILD's beta for wild_ce and wild_js (default: {' '.join(f'{b:g}' for b in BETAS)})")
     parser.add_argument("--no-refit", dest="refit", action="store_false", help="skip REFIT's lr sweep")
