@@ -21,6 +21,8 @@ def test_project_params_file_is_valid():
         ({"data": {"adversary_fraction": 0}}, r"adversary_fraction=0.0 is outside \(0, 1\]"),
         ({"data": {"adversary_fraction": 1.5}}, r"adversary_fraction=1.5 is outside \(0, 1\]"),
         ({"data": {"adversary_holdout": 0.9}}, r"adversary_holdout=0.9 is outside \[0, 0.5\]"),
+        ({"robustness": {"budgets": [1]}}, r"robustness.budgets=\[1.0\]: give accuracy losses as fractions"),
+        ({"robustness": {"budgets": 0.01}}, r"robustness.budgets must be a list"),
         ({"train": {"epochs": "ten"}}, r"train.epochs='ten' is a str; expected int"),
         ({"train": {"lr": -1}}, r"train.lr=-1.0 must be positive"),
         ({"train": {"optimizer": "adamw"}}, r"train.optimizer='adamw'; valid: rmsprop, adam, sgd"),

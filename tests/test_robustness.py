@@ -100,3 +100,13 @@ def test_rows_without_the_adversarys_figures_fail_with_what_is_missing():
         attempts_from_rows([{**row, "holdout_acc": ""}])
     with pytest.raises(ValueError, match="adversary_holdout"):
         attempt(estimated=math.nan)
+
+
+def test_a_pick_that_lost_more_than_the_budget_on_test_survives():
+    """The held-out estimate fitted the budget, the test set says otherwise: the watermark survives that budget."""
+    misled = attempt(estimated=0.0, drop=0.07, wm=0.0)
+    (verdict,) = verdicts([misled], budgets=[0.01])
+    assert verdict.chosen == [misled] and not verdict.removed
+    assert verdict.text == "survives 1 points (a pick lost 7.0 on the test set)"
+    (verdict,) = verdicts([misled], budgets=[0.1])
+    assert verdict.removed

@@ -11,7 +11,7 @@ import signal
 import pytest
 import torch
 
-from stages import check, embed, evaluate, export, plots, prepare, reconstruct, remove, vanilla
+from stages import check, embed, evaluate, export, plots, prepare, reconstruct, remove, robustness, vanilla
 from stages.prepare import describe_counts
 from tests.conftest import small_params, write_params
 from wmbench.params import ParamsError, parse_params
@@ -25,7 +25,7 @@ from wmbench.stage import (
     writing_outputs,
 )
 
-STAGES = (check, prepare, embed, vanilla, reconstruct, remove, evaluate, plots, export)
+STAGES = (check, prepare, embed, vanilla, reconstruct, remove, evaluate, robustness, plots, export)
 
 
 @pytest.mark.parametrize("module", STAGES, ids=lambda m: m.__name__)

@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-STAGES = ("check", "prepare", "embed", "vanilla", "reconstruct", "remove", "evaluate", "plots", "export")
+STAGES = ("check", "prepare", "embed", "vanilla", "reconstruct", "remove", "evaluate", "robustness", "plots", "export")
 TOOLS = {
     "methods": "list the removal methods with their params.yaml keys and defaults",
     "results": "one row per DVC experiment: changed params, then test accuracy, retention and verdict per method",

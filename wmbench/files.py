@@ -44,6 +44,12 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (e.g. a markdown report) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> None:
     """Write a list of flat records as CSV (header = union of keys, in first-seen order)."""
     fields: list[str] = []

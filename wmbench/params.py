@@ -30,7 +30,7 @@ class DataParams:
     root: str = "data/raw"  # folder with the dataset's files (unused by digits)
     download: bool = False  # fetch mnist / fashion_mnist / cifar10 if missing
     adversary_fraction: float = 0.1  # share of the training split the adversary holds, (0, 1]
-    adversary_holdout: float = 0.0  # share of the adversary's subset it keeps aside to judge settings, [0, 0.5]
+    adversary_holdout: float = 0.2  # share of the adversary's subset it keeps aside to judge settings, [0, 0.5]
 
     def __post_init__(self) -> None:
         from wmbench.data import DATASETS
@@ -155,6 +155,18 @@ class ExportParams:
 
 
 @dataclass
+class RobustnessParams:
+    """The owner's question (``robustness`` stage): removed within how many points of test accuracy?"""
+
+    budgets: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.02])  # accuracy losses, as fractions
+
+    def __post_init__(self) -> None:
+        if not self.budgets or any(not 0 < b < 1 for b in self.budgets):
+            raise ParamsError(f"robustness.budgets={self.budgets}: give accuracy losses as fractions in (0, 1), "
+                              "e.g. [0.005, 0.01, 0.02] for 0.5, 1 and 2 points")
+
+
+@dataclass
 class RemovalParams:
     """``removal.<method>`` blocks, each checked against that method's own params dataclass.
 
@@ -218,6 +230,7 @@ class Params:
     vanilla: VanillaParams = field(default_factory=VanillaParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     export: ExportParams = field(default_factory=ExportParams)
+    robustness: RobustnessParams = field(default_factory=RobustnessParams)
     reconstruct: Any = None  # wmbench.reconstruct.NeuralCleanseParams, filled by parse_params
     removal: RemovalParams = field(default_factory=RemovalParams)
 

@@ -232,6 +232,44 @@ def plot_vanilla_threshold(rows: Sequence[Record], threshold: float, path: str |
     save_figure(figure, path)
 
 
+def plot_robustness_frontier(
+    curves: Mapping[str, Sequence[tuple[float, float, str]]],
+    picks: Mapping[float, tuple[float, float, str] | None],
+    threshold: float,
+    path: str | os.PathLike[str],
+    title: str = "What each removal costs and leaves",
+) -> None:
+    """Retention against test-accuracy loss, one line per method (its settings no other beats on both).
+
+    ``curves``: :func:`wmbench.robustness.frontier`'s (drop, wm_acc, setting)
+    per method; ``picks``: per budget, the adversary's pick as (mean drop,
+    mean wm_acc, label) or None. Budgets are vertical lines, the ownership
+    threshold a horizontal one: a pick below it and left of its budget removes
+    the watermark within that budget.
+    """
+    figure = Figure(figsize=(8, 5))
+    axes = figure.subplots()
+    for method, points in curves.items():
+        axes.plot([100 * p[0] for p in points], [100 * p[1] for p in points], "o-", ms=5, label=method)
+    for budget in picks:
+        axes.axvline(100 * budget, color="grey", ls=":", lw=1)
+        axes.annotate(f"{100 * budget:g} pt", (100 * budget, 102), fontsize=7, ha="center", color="grey")
+    chosen = [(budget, pick) for budget, pick in picks.items() if pick is not None]
+    for budget, (drop, wm, label) in chosen:
+        axes.scatter([100 * drop], [100 * wm], s=180, facecolors="none", edgecolors="black", zorder=4)
+        axes.annotate(f"pick within {100 * budget:g}: {label}", (100 * drop, 100 * wm), textcoords="offset points",
+                      xytext=(8, -12), fontsize=7)
+    axes.axhline(100 * threshold, color="tab:red", ls="--", lw=1.2,
+                 label=f"ownership threshold {100 * threshold:.1f}%")
+    axes.set_xlabel("test accuracy lost (points)")
+    axes.set_ylabel("watermark retention (%)")
+    axes.set_ylim(-4, 108)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
+    save_figure(figure, path)
+
+
 def _displayable(image: np.ndarray) -> np.ndarray:
     """(C, H, W) -> (H, W) for one channel, (H, W, 3) for colour, clipped to [0, 1]."""
     image = np.clip(np.asarray(image, dtype=np.float32), 0, 1)

@@ -13,7 +13,8 @@ that keep the adversary's knowledge apart from the measurement:
 2. **Measure** (:func:`verdicts`): the chosen attempts' test-accuracy drop and
    retention against the vanilla threshold, with the spread over seeds. A
    watermark is "removed within N points" only when every seed's pick is below
-   its threshold; one surviving seed makes it "survives".
+   its threshold and lost at most N points on the test set; one surviving seed
+   (or a pick whose held-out estimate hid a larger loss) makes it "survives".
 
 :func:`frontier` gives the measured accuracy-retention trade-off per method
 (every setting, mean over seeds): what the best setting in hindsight reaches,
@@ -74,10 +75,20 @@ class Verdict:
     def chosen(self) -> list[Attempt]:
         return [pick for pick in self.picks if pick is not None]
 
+    def succeeded(self, pick: Attempt | None) -> bool:
+        """The pick removed the mark (below its threshold) and its measured test loss kept to the budget."""
+        return pick is not None and pick.removed and pick.test_acc_drop <= self.budget
+
     @property
     def removed(self) -> bool:
-        """Every seed's pick below its threshold; a seed with no admissible attempt counts as surviving."""
-        return bool(self.picks) and all(pick is not None and pick.removed for pick in self.picks)
+        """Every seed's pick succeeded; a seed with no admissible attempt, or whose pick lost more test accuracy
+        than the budget (the held-out estimate misled the adversary), counts as surviving."""
+        return bool(self.picks) and all(self.succeeded(pick) for pick in self.picks)
+
+    @property
+    def overshot(self) -> list[Attempt]:
+        """Picks whose measured test loss exceeded the budget although the held-out estimate fitted it."""
+        return [pick for pick in self.chosen if pick.test_acc_drop > self.budget]
 
     @property
     def method(self) -> str:
@@ -97,6 +108,9 @@ class Verdict:
         points = f"{100 * self.budget:g}"
         if self.removed:
             return f"removed within {points} points, by {self.method}"
+        if self.overshot:
+            lost = max(pick.test_acc_drop for pick in self.overshot)
+            return f"survives {points} points (a pick lost {100 * lost:.1f} on the test set)"
         return f"survives {points} points"
 
 
@@ -145,11 +159,11 @@ def to_metrics(found: Sequence[Verdict]) -> dict[str, dict[str, dict[str, Any]]]
 def report(found: Sequence[Verdict]) -> str:
     """Markdown: one row per watermark and budget, the measured figures of the adversary's picks."""
     lines = ["| watermark | budget (points) | adversary's pick | test acc lost (points) | wm_acc % | "
-             "below threshold | verdict |", "|---|---|---|---|---|---|---|"]
+             "removed within budget | verdict |", "|---|---|---|---|---|---|---|"]
     for verdict in found:
         wm, wm_std = verdict.stat("wm_acc")
         drop, drop_std = verdict.stat("test_acc_drop")
-        below = sum(pick.removed for pick in verdict.chosen)
+        below = sum(verdict.succeeded(pick) for pick in verdict.picks)
         lines.append(f"| {verdict.scheme} | {100 * verdict.budget:g} | {verdict.method} | "
                      f"{100 * drop:.1f} ± {100 * drop_std:.1f} | {100 * wm:.1f} ± {100 * wm_std:.1f} | "
                      f"{below}/{len(verdict.picks)} | {verdict.text} |")
@@ -176,6 +190,12 @@ def frontier(attempts: Sequence[Attempt]) -> dict[str, list[tuple[float, float, 
                 best = wm
         result[method] = kept
     return result
+
+
+def picks(found: Sequence[Verdict]) -> dict[float, tuple[float, float, str] | None]:
+    """Per budget, the picks' mean test drop, mean retention and method (None: no pick), for the frontier plot."""
+    return {v.budget: (v.stat("test_acc_drop")[0], v.stat("wm_acc")[0], v.method) if v.chosen else None
+            for v in found}
 
 
 def attempts_from_rows(rows: Iterable[Mapping[str, Any]], proxy: str = "proxy_wm_acc") -> list[Attempt]:

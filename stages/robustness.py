@@ -1,0 +1,152 @@
+"""Stage ``robustness``: can the adversary remove the watermark while losing at most N points of accuracy?
+
+The owner's question, answered in the two steps of :mod:`wmbench.robustness`:
+
+1. **What the adversary sees** of every removed model (``models/removed/*.pt``),
+   on the slice of its images it kept aside (``data.adversary_holdout``): the
+   held-out accuracy it lost, and the proxy retention of the trigger Neural
+   Cleanse reconstructed for the suspected class (:mod:`wmbench.proxy`).
+2. **The verdict** per budget (``robustness.budgets``): the adversary picks the
+   attempt of lowest proxy retention among those whose held-out loss fits the
+   budget; the pick's test-accuracy loss and true retention are then measured
+   against the clean models' threshold.
+
+One pipeline run is one seed with one setting per method: a small verdict.
+The same attempts from several seeds and settings (e.g. ``dvc exp run`` cells)
+feed :func:`wmbench.robustness.verdicts` for the full one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from wmbench.checkpoint import load_checkpoint
+from wmbench.files import read_json, write_csv_atomic, write_json_atomic, write_text_atomic
+from wmbench.plotting import plot_robustness_frontier
+from wmbench.precision import autocast, channels_last_model, channels_last_prepared
+from wmbench.prepared import load_prepared
+from wmbench.proxy import adversary_holdout, proxy_retention, suspected_class
+from wmbench.reconstruct import Reconstruction, load_reconstruction
+from wmbench.robustness import Attempt, Verdict, frontier, picks, report, to_metrics, verdicts
+from wmbench.stage import (
+    SETTINGS_HELP,
+    Timer,
+    run_settings,
+    run_stage,
+    stage_parser,
+    start,
+    write_settings,
+    writing_outputs,
+)
+from wmbench.training import DeviceData, accuracy
+
+
+@dataclass(frozen=True)
+class Yardsticks:
+    """The adversary's (held-out images, reconstructed trigger, suspected class) and the owner's (test, trigger)."""
+
+    holdout: DeviceData
+    reconstruction: Reconstruction
+    suspected: int
+    test: DeviceData
+    trigger: DeviceData
+
+    def measure(self, model: torch.nn.Module) -> dict[str, float]:
+        return {"holdout_acc": accuracy(model, self.holdout),
+                "proxy_wm_acc": proxy_retention(model, self.reconstruction, self.suspected, self.holdout),
+                "test_acc": accuracy(model, self.test), "wm_acc": accuracy(model, self.trigger)}
+
+
+def judge_attempts(removed: dict[str, torch.nn.Module], watermarked: torch.nn.Module, yardsticks: Yardsticks,
+                   scheme: str, seed: int, threshold: float) -> tuple[dict[str, float], list[Attempt]]:
+    """Step 1: the watermarked model's figures, and one :class:`Attempt` per removed model."""
+    baseline = yardsticks.measure(watermarked)
+    found = []
+    for method, model in removed.items():
+        scores = yardsticks.measure(model)
+        found.append(Attempt(scheme=scheme, method=method, setting="", seed=seed,
+                             estimated_drop=baseline["holdout_acc"] - scores["holdout_acc"],
+                             proxy_wm_acc=scores["proxy_wm_acc"],
+                             test_acc_drop=baseline["test_acc"] - scores["test_acc"], wm_acc=scores["wm_acc"],
+                             threshold=threshold))
+    return baseline, found
+
+
+def write_report(path: str, scheme: str, seed: int, yardsticks: Yardsticks, threshold: float,
+                 judged: Sequence[Verdict], found: Sequence[Attempt]) -> None:
+    """The verdict table and every attempt, as markdown."""
+    lines = [f"# Can the `{scheme}` watermark be removed? (seed {seed})", "",
+             f"The adversary judges on {len(yardsticks.holdout)} held-out images of its own and suspects class "
+             f"{yardsticks.suspected} (smallest reconstructed trigger). Ownership threshold "
+             f"{100 * threshold:.1f} %.", "", report(judged), "",
+             "| removal | held-out acc lost (points) | proxy retention % | test acc lost (points) | wm_acc % |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {a.method} | {100 * a.estimated_drop:.1f} | {100 * a.proxy_wm_acc:.1f} | "
+              f"{100 * a.test_acc_drop:.1f} | {100 * a.wm_acc:.1f} |" for a in found]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__, "robustness")
+    parser.add_argument("--prepared", default="data/prepared", help="the prepare stage's folder")
+    parser.add_argument("--models", default="models", help="folder with watermarked.pt and removed/*.pt")
+    parser.add_argument("--vanilla", default="models/vanilla/calibration.json", help="the clean models' threshold")
+    parser.add_argument("--reconstruct", default="artifacts/reconstruct",
+                        help="the reconstruct stage's folder (triggers.npz): the adversary's proxy trigger")
+    parser.add_argument("--metrics", default="metrics/robustness.json",
+                        help="per watermark and budget: wm_acc, test_acc_drop, method, removed; per removal its "
+                             "figures")
+    parser.add_argument("--plot", default="plots/robustness.csv", help="one row per removed model")
+    parser.add_argument("--report", default="plots/robustness.md", help="the verdict as markdown")
+    parser.add_argument("--frontier", default="plots/robustness_frontier.png",
+                        help="retention against test-accuracy loss per method, budgets and threshold marked")
+    parser.add_argument("--settings", help=SETTINGS_HELP)
+    args = parser.parse_args(argv)
+    params, device = start(args.params, args.threads)
+    prepared = channels_last_prepared(load_prepared(args.prepared), params.channels_last)
+    holdout = adversary_holdout(*prepared.arrays["adversary"], params.data.adversary_holdout, params.seed, device)
+    paths = {p.stem: p for p in sorted((Path(args.models) / "removed").glob("*.pt"))}
+    if not paths:
+        raise FileNotFoundError(f"no removed models in {args.models}/removed; run `dvc repro remove` first")
+    reconstruction = load_reconstruction(Path(args.reconstruct) / "triggers.npz", device)
+    threshold = float(read_json(args.vanilla)["threshold"])
+    settings = run_settings("robustness", params, device, robustness=params.robustness,
+                            adversary_holdout=params.data.adversary_holdout)
+    timer = Timer()
+
+    def build(path: Path) -> torch.nn.Module:
+        return channels_last_model(load_checkpoint(path).build_model().to(device), params.channels_last).eval()
+
+    yardsticks = Yardsticks(holdout, reconstruction, suspected_class(reconstruction), prepared.on("test", device),
+                            prepared.on("trigger", device))
+    scheme = str(prepared.info["scheme"])
+    with autocast(params.precision, device), torch.no_grad():
+        baseline, found = judge_attempts({name: build(path) for name, path in paths.items()},
+                                         build(Path(args.models) / "watermarked.pt"), yardsticks, scheme,
+                                         params.seed, threshold)
+    judged = verdicts(found, params.robustness.budgets)
+
+    rows = [{"model": a.method, "holdout_acc_drop": round(a.estimated_drop, 6),
+             "proxy_wm_acc": round(a.proxy_wm_acc, 6), "test_acc_drop": round(a.test_acc_drop, 6),
+             "wm_acc": round(a.wm_acc, 6), "removed": a.removed} for a in found]
+    metrics = {**to_metrics(judged), "threshold": threshold, "suspected_class": yardsticks.suspected,
+               "holdout_size": len(holdout), "watermarked": {k: round(v, 6) for k, v in baseline.items()},
+               "attempts": {row["model"]: {k: v for k, v in row.items() if k != "model"} for row in rows}}
+    with writing_outputs():
+        write_csv_atomic(args.plot, rows)
+        write_json_atomic(args.metrics, metrics)
+        write_report(args.report, scheme, params.seed, yardsticks, threshold, judged, found)
+        plot_robustness_frontier(frontier(found), picks(judged), threshold, args.frontier,
+                                 f"Removing the {scheme} watermark, seed {params.seed}: the adversary's picks circled")
+        write_settings(settings, args.metrics, args.settings)
+    print(f"robustness: {len(found)} removals judged on {len(holdout)} held-out images in {timer.seconds:.1f}s")
+    for verdict in judged:
+        print(f"robustness: {scheme} within {100 * verdict.budget:g} points: {verdict.text}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))
