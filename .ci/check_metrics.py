@@ -39,6 +39,16 @@ def check() -> list[str]:
             problems.append(f"laundering left wm_acc at {summary['laundering']['wm_acc']}")
         if not 0.5 < summary["scratch"]["test_acc"] < embed["test_acc"] + 0.05:
             problems.append(f"scratch baseline test_acc {summary['scratch']['test_acc']} is not plausible")
+    robustness = json.loads(Path("metrics/robustness.json").read_text())
+    if set(robustness["attempts"]) != set(methods):
+        problems.append(f"robustness: attempts {sorted(robustness['attempts'])} are not the methods {sorted(methods)}")
+    budgets = yaml.safe_load(Path("params.yaml").read_text())["robustness"]["budgets"]
+    scheme = yaml.safe_load(Path("params.yaml").read_text())["watermark"]["scheme"]
+    for budget in budgets:
+        key = "within_" + f"{100 * budget:g}".replace(".", "_")
+        verdict = robustness.get(scheme, {}).get(key)
+        if verdict is None or verdict["method"] not in (*methods, "none") or not isinstance(verdict["removed"], bool):
+            problems.append(f"robustness: {scheme}.{key} missing or malformed: {verdict}")
     with open("artifacts/reconstruct/classes.csv", newline="") as handle:  # per class, beside the metrics
         anomaly = [float(row["anomaly"]) for row in csv.DictReader(handle)]
     if len(anomaly) < 2 or min(anomaly) < 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wmbench.sweep import collect_rows, markdown_table, paper_references, queue_commands
+from wmbench.sweep import collect_attempts, collect_rows, markdown_table, paper_references, queue_commands
 
 
 def experiment(name, scheme, fraction, summary, noise_draw="fixed"):
@@ -107,4 +107,61 @@ def test_table_only_on_no_experiments_says_why(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(sweep, "dvc", lambda *args, capture=False: "[]")
     assert sweep.main(["--table-only", "--out", str(tmp_path / "t.md")]) == 1
-    assert "no experiment named sweep* with metrics/summary.json" in capsys.readouterr().err
+    assert "no experiment named sweep* with metrics/summary.json or metrics/robustness.json" in capsys.readouterr().err
+
+
+def robust_experiment(name, seed, beta, attempts, threshold=0.05):
+    """An experiment with the robustness stage's metrics: attempts = {method: (held-out drop, proxy, drop, wm)}."""
+    data = {"params": {"params.yaml": {"data": {"seed": seed, "beta": beta, "watermark": {"scheme": "square"},
+                                                 "data": {"adversary_fraction": 0.1},
+                                                 "removal": {"finetune": {"lr": 0.0004}}}}},
+            "metrics": {"metrics/robustness.json": {"data": {"threshold": threshold, "attempts": {
+                method: {"holdout_acc_drop": h, "proxy_wm_acc": p, "test_acc_drop": d, "wm_acc": w}
+                for method, (h, p, d, w) in attempts.items()}}}}}
+    return {"revs": [{"rev": "0" * 10, "name": name, "data": data, "error": None}], "name": name}
+
+
+def test_collect_attempts_labels_the_varied_setting_and_keeps_shared_runs_once():
+    wild = {1.0: (0.004, 0.1, 0.005, 0.03), 10.0: (0.015, 0.01, 0.05, 0.003)}  # beta 10 hides a 5-point loss
+    show = [{"rev": "main", "experiments": [
+        robust_experiment(f"sweep-square-0p1-s{seed}-beta{beta:g}", seed, beta,
+                          {"finetune": (0.0, 0.9, 0.002, 1.0), "wild_js": wild[beta]})
+        for seed in (0, 1) for beta in (1.0, 10.0)]}]
+    (fraction, found), = collect_attempts(show, prefix="sweep").items()
+    assert fraction == 0.1
+    labels = sorted({(a.method, a.setting) for a in found})
+    assert labels == [("finetune", ""), ("wild_js", "beta=1.0"), ("wild_js", "beta=10.0")]
+    assert len(found) == 2 + 4  # finetune once per seed, wild_js per seed and beta
+    from wmbench.robustness import verdicts
+
+    by_budget = {v.budget: v for v in verdicts(found)}
+    assert by_budget[0.005].method == "wild_js beta=1.0" and by_budget[0.005].removed
+    assert by_budget[0.02].picks[0].setting == "beta=10.0"
+    assert not by_budget[0.02].removed  # its pick lost 5 points on the test set: over the budget
+
+
+def test_queue_commands_with_seeds_and_varied_settings():
+    from scripts.sweep import setting_combinations, suffix
+
+    combos = setting_combinations(["beta=1", "beta=10", "removal.wild_js.epochs=4"])
+    assert combos == [["beta=1", "removal.wild_js.epochs=4"], ["beta=10", "removal.wild_js.epochs=4"]]
+    assert suffix(combos[1]) == "-beta10-epochs4"
+    commands = queue_commands(["square"], [0.1], combos[0], "sweep" + suffix(combos[0]), seeds=[0, 2])
+    assert [c[5] for c in commands] == ["sweep-beta1-epochs4-square-0p1-s0", "sweep-beta1-epochs4-square-0p1-s2"]
+    assert commands[1][6:10] == ["-S", "watermark.scheme=square", "-S", "data.adversary_fraction=0.1"]
+    assert "seed=2" in commands[1] and commands[1][-1] == "removal.wild_js.epochs=4"
+    assert queue_commands(["square"], [0.1], target="robustness")[0][-1] == "robustness"
+
+
+def test_queue_status_is_read_for_progress():
+    from scripts.sweep import pending
+
+    status = """Task     Name                 Created    Status
+2e35abb  cell-content-0p1-s0  02:47 PM   Running
+8f1c2d0  cell-content-0p1-s1  02:47 PM   Queued
+11aa22b  old-run              01:10 PM   Success
+
+Worker status: 1 active, 0 idle
+"""
+    assert pending(status) == (["cell-content-0p1-s0"], 1)
+    assert pending("Task  Name  Created  Status\n") == ([], 0)

@@ -1,8 +1,10 @@
-"""A grid of experiments (schemes x adversary fractions x methods) and its table beside the papers'.
+"""A grid of experiments (schemes x adversary fractions x seeds x settings) and its tables.
 
 Pure functions only: :func:`queue_commands` says which ``dvc exp run --queue``
-calls make the grid, :func:`collect_rows` reads ``dvc exp show --json``, and
-:func:`markdown_table` writes the rows with the papers' numbers next to ours.
+calls make the grid, :func:`collect_rows` reads ``dvc exp show --json``,
+:func:`markdown_table` writes the rows with the papers' numbers next to ours,
+and :func:`collect_attempts` gathers every experiment's ``robustness`` figures
+for the verdict across seeds and settings (:mod:`wmbench.robustness`).
 ``scripts/sweep.py`` runs the commands.
 """
 
@@ -14,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SUMMARY = "metrics/summary.json"
+ROBUSTNESS = "metrics/robustness.json"
+CELL_KEYS = ("watermark.scheme", "data.adversary_fraction", "seed")  # what makes a cell, not a setting
+WILD_METHODS = ("wild_ce", "wild_js", "wild_dn")
 
 
 @dataclass(frozen=True)
@@ -153,19 +158,69 @@ def queue_commands(
     fractions: Sequence[float],
     extra: Sequence[str] = (),
     prefix: str = "sweep",
+    seeds: Sequence[int] = (),
+    target: str = "",
 ) -> list[list[str]]:
-    """One ``dvc exp run --queue`` per (scheme, fraction); every method runs inside each experiment.
+    """One ``dvc exp run --queue`` per (scheme, fraction, seed); every method runs inside each experiment.
 
     The methods are the ``remove@<method>`` stages of one experiment, so the
     watermarked and clean models are trained once per cell, not once per
-    method. ``extra`` are more ``key=value`` settings (e.g. ``removal.refit.lr=0.005``).
+    method. ``extra`` are more ``key=value`` settings (e.g. ``removal.refit.lr=0.005``);
+    ``seeds`` empty keeps params.yaml's seed (and names without ``-s<seed>``);
+    ``target`` runs each experiment up to that stage only (e.g. ``robustness``: no plots, no ONNX).
     """
     commands = []
-    for scheme, fraction in itertools.product(schemes, fractions):
-        name = f"{prefix}-{scheme}-{fraction:g}".replace(".", "p")
-        settings = [f"watermark.scheme={scheme}", f"data.adversary_fraction={fraction:g}", *extra]
-        commands.append(["dvc", "exp", "run", "--queue", "--name", name, *_flags(settings)])
+    for scheme, fraction, seed in itertools.product(schemes, fractions, seeds or [None]):
+        name = f"{prefix}-{scheme}-{fraction:g}".replace(".", "p") + ("" if seed is None else f"-s{seed}")
+        settings = [f"watermark.scheme={scheme}", f"data.adversary_fraction={fraction:g}",
+                    *([] if seed is None else [f"seed={seed}"]), *extra]
+        commands.append(["dvc", "exp", "run", "--queue", "--name", name, *_flags(settings),
+                         *([target] if target else [])])
     return commands
+
+
+def collect_attempts(exp_show: Sequence[Mapping[str, Any]], prefix: str | None = None) -> dict[float, list[Any]]:
+    """Per adversary fraction, every removal of every experiment as a :class:`wmbench.robustness.Attempt`.
+
+    An attempt's ``setting`` names the params that differ between the
+    experiments (besides scheme, fraction and seed) and bear on its method:
+    ``removal.<method>.*``, ``beta`` for WILD, and any key outside
+    ``removal``; so a sweep over ``beta`` gives WILD one attempt per value and
+    fine-tuning one in all (its identical runs, restored from DVC's run cache,
+    are kept once). Experiments without ``metrics/robustness.json`` are skipped.
+    """
+    from wmbench.robustness import Attempt
+
+    found = []
+    for name, data in _experiments(exp_show):
+        if prefix is not None and not (name or "").startswith(prefix):
+            continue
+        metrics = data.get("metrics", {}).get(ROBUSTNESS, {}).get("data")
+        if metrics:
+            found.append((dict(_dotted(data.get("params", {}).get("params.yaml", {}).get("data", {}))), metrics))
+    keys = sorted({key for params, _ in found for key in params})
+    varied = [key for key in keys if key not in CELL_KEYS and len({repr(p.get(key)) for p, _ in found}) > 1]
+    attempts: dict[float, dict[tuple, Attempt]] = {}
+    for params, metrics in found:
+        fraction = float(params.get("data.adversary_fraction", float("nan")))
+        for method, figures in sorted(metrics.get("attempts", {}).items()):
+            setting = ",".join(f"{key}={params.get(key)}" for key in varied if _bears_on(key, method))
+            attempt = Attempt(scheme=str(params.get("watermark.scheme", "?")), method=method, setting=setting,
+                              seed=int(params.get("seed", 0)), estimated_drop=float(figures["holdout_acc_drop"]),
+                              proxy_wm_acc=float(figures["proxy_wm_acc"]),
+                              test_acc_drop=float(figures["test_acc_drop"]), wm_acc=float(figures["wm_acc"]),
+                              threshold=float(metrics["threshold"]))
+            attempts.setdefault(fraction, {}).setdefault((attempt.scheme, method, setting, attempt.seed), attempt)
+    return {fraction: list(kept.values()) for fraction, kept in sorted(attempts.items())}
+
+
+def _bears_on(key: str, method: str) -> bool:
+    """Whether param ``key`` can change what removal ``method`` does."""
+    if key.startswith("removal."):
+        return key.startswith(f"removal.{method}.")
+    if key == "beta":
+        return method in WILD_METHODS
+    return True
 
 
 def _flags(settings: Iterable[str]) -> list[str]:
