@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_settings(settings, args.metrics, args.settings)
     print(f"robustness: {len(found)} removals judged on {len(holdout)} held-out images in {timer.seconds:.1f}s")
     for verdict in judged:
-        print(f"robustness: {scheme} within {100 * verdict.budget:g} points: {verdict.text}")
+        print(f"robustness: {scheme}, budget {100 * verdict.budget:g}: {verdict.text}")
 
 
 if __name__ == "__main__":

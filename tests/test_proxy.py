@@ -83,7 +83,7 @@ def test_stage_picks_on_the_adversarys_figures_and_writes_the_verdict(watermarke
     for key in ("within_0_5", "within_1", "within_2"):
         verdict = metrics["content"][key]
         assert verdict["method"] == "finetune" and verdict["removed"] is False and verdict["wm_acc"] >= 0.9
-    assert "survives 1 points" in (tmp_path / "r.md").read_text()
+    assert "survives 1 point" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "f.png").stat().st_size > 0 and (tmp_path / "r.csv").read_text().count("\n") == 3
 
     write_params(tmp_path, **{"data.adversary_holdout": 0.0})

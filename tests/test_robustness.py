@@ -49,9 +49,9 @@ def test_removed_only_when_every_seed_is_below_its_threshold():
     attempts = [attempt(seed=0, wm=0.01, threshold=0.03), attempt(seed=1, wm=0.02, threshold=0.03),
                 attempt(seed=2, wm=0.10, threshold=0.03)]
     (verdict,) = verdicts(attempts, budgets=[0.01])
-    assert not verdict.removed and verdict.text == "survives 1 points"
+    assert not verdict.removed and verdict.text == "survives 1 point"
     (verdict,) = verdicts(attempts[:2], budgets=[0.01])
-    assert verdict.removed and verdict.text == "removed within 1 points, by wild_js beta=1"
+    assert verdict.removed and verdict.text == "removed within 1 point, by wild_js beta=1"
 
 
 def test_a_seed_with_nothing_in_budget_survives():
@@ -107,6 +107,6 @@ def test_a_pick_that_lost_more_than_the_budget_on_test_survives():
     misled = attempt(estimated=0.0, drop=0.07, wm=0.0)
     (verdict,) = verdicts([misled], budgets=[0.01])
     assert verdict.chosen == [misled] and not verdict.removed
-    assert verdict.text == "survives 1 points (a pick lost 7.0 on the test set)"
+    assert verdict.text == "survives 1 point (a pick lost 7.0 on the test set)"
     (verdict,) = verdicts([misled], budgets=[0.1])
     assert verdict.removed

@@ -105,13 +105,13 @@ class Verdict:
 
     @property
     def text(self) -> str:
-        points = f"{100 * self.budget:g}"
+        points = f"{100 * self.budget:g} point" + ("" if f"{100 * self.budget:g}" == "1" else "s")
         if self.removed:
-            return f"removed within {points} points, by {self.method}"
+            return f"removed within {points}, by {self.method}"
         if self.overshot:
             lost = max(pick.test_acc_drop for pick in self.overshot)
-            return f"survives {points} points (a pick lost {100 * lost:.1f} on the test set)"
-        return f"survives {points} points"
+            return f"survives {points} (a pick lost {100 * lost:.1f} on the test set)"
+        return f"survives {points}"
 
 
 def choose(attempts: Iterable[Attempt], budget: float) -> Attempt | None:
