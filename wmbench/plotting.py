@@ -254,10 +254,14 @@ def plot_robustness_frontier(
     for budget in picks:
         axes.axvline(100 * budget, color="grey", ls=":", lw=1)
         axes.annotate(f"{100 * budget:g} pt", (100 * budget, 102), fontsize=7, ha="center", color="grey")
-    chosen = [(budget, pick) for budget, pick in picks.items() if pick is not None]
-    for budget, (drop, wm, label) in chosen:
+    budgets_of: dict[tuple[float, float, str], list[float]] = {}  # one circle and label per distinct pick
+    for budget, pick in picks.items():
+        if pick is not None:
+            budgets_of.setdefault(pick, []).append(budget)
+    for (drop, wm, label), budgets in budgets_of.items():
         axes.scatter([100 * drop], [100 * wm], s=180, facecolors="none", edgecolors="black", zorder=4)
-        axes.annotate(f"pick within {100 * budget:g}: {label}", (100 * drop, 100 * wm), textcoords="offset points",
+        within = ", ".join(f"{100 * b:g}" for b in sorted(budgets))
+        axes.annotate(f"pick within {within} pt: {label}", (100 * drop, 100 * wm), textcoords="offset points",
                       xytext=(8, -12), fontsize=7)
     axes.axhline(100 * threshold, color="tab:red", ls="--", lw=1.2,
                  label=f"ownership threshold {100 * threshold:.1f}%")
