@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import multiprocessing
 import statistics
 import sys
@@ -120,9 +121,12 @@ LAUNDER_CHOICE = {  # Step 3's retraining recipes (the paper gives none): name -
     "epochs=4,lr=0.001": {"epochs": 4, "lr": 0.001},
     "epochs=16,lr=0.001": {"epochs": 16, "lr": 0.001},
     "epochs=16,lr=0.0005": {"epochs": 16, "lr": 0.0005},
+    # Algorithm 1's thresholds (the default retraining): fewer units reset, and none (retraining alone)
+    "dense_threshold=4,conv_threshold=2": {"dense_threshold": 4.0, "conv_threshold": 2.0},
+    "dense_threshold=inf,conv_threshold=inf": {"dense_threshold": math.inf, "conv_threshold": math.inf},
 }
 CHOICE_COLUMNS = ("scheme", "seed", "recipe", "holdout_acc_watermarked", "holdout_acc", "test_acc_watermarked",
-                  "test_acc", "wm_acc", "threshold", "seconds")
+                  "test_acc", "wm_acc", "threshold", "units_reset_total", "seconds")
 
 
 def launder_candidate(work: Path, seed: int, scheme: str, recipe: str) -> str:
@@ -168,7 +172,8 @@ def choice_rows(work: Path, seeds: Sequence[int], schemes: Sequence[str]) -> lis
                              "holdout_acc_watermarked": metrics["holdout_acc_watermarked"],
                              "holdout_acc": metrics["holdout_acc"], "test_acc_watermarked": embedded["test_acc"],
                              "test_acc": metrics["test_acc"], "wm_acc": metrics["wm_acc"],
-                             "threshold": limits[scheme, seed], "seconds": round(metrics["time_s"], 1)})
+                             "threshold": limits[scheme, seed], "units_reset_total": metrics["units_reset_total"],
+                             "seconds": round(metrics["time_s"], 1)})
     return rows
 
 
@@ -177,15 +182,17 @@ def choice_summary(rows: Sequence[dict]) -> str:
     def stat(values: list[float]) -> str:
         return f"{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}"
 
-    lines = ["| recipe | cells | held-out acc % (chooses) | test acc lost (points) | wm_acc % | removed |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| recipe | cells | held-out acc % (chooses) | test acc lost (points) | wm_acc % | removed | "
+             "units reset |",
+             "|---|---|---|---|---|---|---|"]
     for recipe in LAUNDER_CHOICE:
         group = [r for r in rows if r["recipe"] == recipe]
         if group:
             removed = sum(float(r["wm_acc"]) <= float(r["threshold"]) for r in group)
             lines.append(f"| {recipe} | {len(group)} | {stat([100 * float(r['holdout_acc']) for r in group])} | "
                          f"{stat([100 * (float(r['test_acc_watermarked']) - float(r['test_acc'])) for r in group])} | "
-                         f"{stat([100 * float(r['wm_acc']) for r in group])} | {removed}/{len(group)} |")
+                         f"{stat([100 * float(r['wm_acc']) for r in group])} | {removed}/{len(group)} | "
+                         f"{stat([float(r['units_reset_total']) for r in group])} |")
     return "\n".join(lines)
 
 
