@@ -42,9 +42,9 @@ def check() -> list[str]:
     robustness = json.loads(Path("metrics/robustness.json").read_text())
     if set(robustness["attempts"]) != set(methods):
         problems.append(f"robustness: attempts {sorted(robustness['attempts'])} are not the methods {sorted(methods)}")
-    budgets = yaml.safe_load(Path("params.yaml").read_text())["robustness"]["budgets"]
-    scheme = yaml.safe_load(Path("params.yaml").read_text())["watermark"]["scheme"]
-    for budget in budgets:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    scheme = params["watermark"]["scheme"]
+    for budget in params["robustness"]["budgets"]:
         key = "within_" + f"{100 * budget:g}".replace(".", "_")
         verdict = robustness.get(scheme, {}).get(key)
         if verdict is None or verdict["method"] not in (*methods, "none") or not isinstance(verdict["removed"], bool):

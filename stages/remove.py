@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from wmbench.checkpoint import load_checkpoint, save_checkpoint
-from wmbench.data import holdout_indices
+from wmbench.data import adversary_holdout_split
 from wmbench.evaluate import Evaluator
 from wmbench.files import write_csv_atomic, write_json_atomic
 from wmbench.params import Params
@@ -20,7 +20,6 @@ from wmbench.precision import autocast, channels_last_model, channels_last_prepa
 from wmbench.prepared import Prepared, load_prepared
 from wmbench.reconstruct import Reconstruction, load_reconstruction
 from wmbench.removal import REMOVALS, RemovalData, RemovalResult, create_removal
-from wmbench.seeding import derive_seed
 from wmbench.stage import (
     SETTINGS_HELP,
     Timer,
@@ -44,8 +43,7 @@ def adversary_view(prepared: Prepared, params: Params, device: torch.device,
     its settings by (it has no test set).
     """
     images, labels = prepared.arrays["adversary"]
-    train, held = holdout_indices(labels, params.data.adversary_holdout,
-                                  derive_seed(params.seed, "adversary-holdout"))
+    train, held = adversary_holdout_split(labels, params.data.adversary_holdout, params.seed)
     holdout = DeviceData.from_arrays(images[held], labels[held], device) if len(held) else None
     return RemovalData(
         adversary=DeviceData.from_arrays(images[train], labels[train], device),

@@ -24,9 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from wmbench.data import holdout_indices
+from wmbench.data import adversary_holdout_split
 from wmbench.reconstruct import Reconstruction, mad_anomaly
-from wmbench.seeding import derive_seed
 from wmbench.training import DeviceData, accuracy
 
 
@@ -36,7 +35,7 @@ def adversary_holdout(images: np.ndarray, labels: np.ndarray, fraction: float, s
     if not 0 < fraction <= 0.5:
         raise ValueError(f"data.adversary_holdout={fraction}: the adversary needs a held-out slice to judge "
                          "removals by; set it in (0, 0.5], e.g. 0.2, and re-run the remove stages")
-    _, held = holdout_indices(labels, fraction, derive_seed(seed, "adversary-holdout"))
+    _, held = adversary_holdout_split(labels, fraction, seed)
     return DeviceData.from_arrays(images[held], labels[held], device)
 
 

@@ -43,3 +43,11 @@ def holdout_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.
         held.append(rng.choice(members, size=take, replace=False))
     holdout = np.sort(np.concatenate(held))
     return np.setdiff1d(np.arange(len(labels)), holdout), holdout
+
+
+def adversary_holdout_split(labels: np.ndarray, fraction: float, run_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`holdout_indices` keyed by the run's seed: the one split every stage that reads the held-out slice
+    shares (the removals train on the first part; ``robustness`` judges them on the second)."""
+    from wmbench.seeding import derive_seed
+
+    return holdout_indices(labels, fraction, derive_seed(run_seed, "adversary-holdout"))
