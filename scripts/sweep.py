@@ -27,11 +27,10 @@ import time
 from pathlib import Path
 
 from wmbench.files import write_json_atomic, write_text_atomic
-from wmbench.plotting import plot_robustness_frontier
 from wmbench.results import dvc_executable
-from wmbench.robustness import frontier, picks, report, to_metrics, verdicts
 from wmbench.stage import HelpFormatter
 from wmbench.sweep import ROBUSTNESS, SUMMARY, collect_attempts, collect_rows, markdown_table, queue_commands
+from wmbench.verdict import judge_fractions
 
 
 def dvc(*args: str, capture: bool = False) -> str:
@@ -105,18 +104,8 @@ def write_verdict(attempts: dict[float, list], path: Path) -> str:
     watermark beside it; returns the markdown."""
     if not attempts:
         return f"no experiment has {ROBUSTNESS}; no verdict written"
-    parts, metrics = [], {}
-    for fraction, found in attempts.items():
-        judged = verdicts(found)
-        parts.append(f"## Adversary fraction {fraction:g}\n\n{report(judged)}")
-        metrics[f"fraction_{fraction:g}".replace(".", "_")] = to_metrics(judged)
-        for scheme in sorted({a.scheme for a in found}):
-            mine = [a for a in found if a.scheme == scheme]
-            plot_robustness_frontier(
-                frontier(mine), picks([v for v in judged if v.scheme == scheme]),
-                max(a.threshold for a in mine), path.with_name(f"{path.stem}_{scheme}_{fraction:g}.png"),
-                f"Removing the {scheme} watermark ({fraction:g} of the data), means over seeds")
-    text = "# Removed within how many points? (picked on the adversary's held-out data)\n\n" + "\n\n".join(parts)
+    tables, metrics = judge_fractions(attempts, path.parent, f"{path.stem}_")
+    text = "# Removed within how many points? (picked on the adversary's held-out data)\n\n" + tables
     write_text_atomic(path, text + "\n")
     write_json_atomic(path.with_suffix(".json"), metrics)
     return text

@@ -317,15 +317,7 @@ def markdown_table(rows: Sequence[Row], references: Mapping[tuple[str, str], lis
               "| ownership verified | paper row: test acc / retention |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in sorted(rows, key=lambda r: (r.scheme, r.fraction, _order(r.model), r.model)):
-        candidates = references.get((row.scheme, row.model), [])
-        matching = [ref for ref in candidates if ref.row is None or ref.row.matches(row.params)]
-        paper = []
-        for ref in _closest(matching, row.fraction):
-            note = [ref.source if ref.row is None else f'{ref.source} "{ref.row.name}"']
-            note += [f"{100 * ref.fraction:g}% data"] if ref.fraction not in (1.0, row.fraction) else []
-            paper.append(f"{_percent(ref.test_acc) or '-'} / {_percent(ref.wm_acc)} ({', '.join(note)})")
-        others = {ref.row.label(): ref.row for ref in candidates if ref not in matching and ref.row is not None}
-        paper += [f"not {label}: {other.how()}" for label, other in sorted(others.items())]
+        paper = paper_cell(references, row.scheme, row.model, row.fraction, row.params)
         verdict = row.verdicts
         cells = [
             row.scheme, f"{100 * row.fraction:g}%", row.model, _percent(row.test_acc) or "-", _percent(row.wm_acc),
@@ -335,6 +327,27 @@ def markdown_table(rows: Sequence[Row], references: Mapping[tuple[str, str], lis
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + mapping_table()
+
+
+def paper_cell(references: Mapping[tuple[str, str], list[Reference]], scheme: str, model: str, fraction: float,
+               params: Mapping[str, Any]) -> list[str]:
+    """The papers' MNIST numbers for one of our rows ("test / retention (source)"), only from the paper rows
+    whose protocol ``params`` (dotted) run, at the paper's fraction closest to ours; the other paper rows of the
+    same name are listed with the params that would run them."""
+    candidates = references.get((scheme, model), [])
+    matching = [ref for ref in candidates if ref.row is None or ref.row.matches(params)]
+    paper = []
+    for ref in _closest(matching, fraction):
+        note = [ref.source if ref.row is None else f'{ref.source} "{ref.row.name}"']
+        note += [f"{100 * ref.fraction:g}% data"] if ref.fraction not in (1.0, fraction) else []
+        paper.append(f"{_percent(ref.test_acc) or '-'} / {_percent(ref.wm_acc)} ({', '.join(note)})")
+    others = {ref.row.label(): ref.row for ref in candidates if ref not in matching and ref.row is not None}
+    return paper + [f"not {label}: {other.how()}" for label, other in sorted(others.items())]
+
+
+def dotted(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A nested params mapping with ``dvc exp run -S`` keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    return dict(_dotted(params))
 
 
 def mapping_table() -> str:

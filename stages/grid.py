@@ -1,0 +1,304 @@
+"""Stage ``grid`` (full-size experiments): one seed's cells, every watermark, adversary fraction and removal.
+
+The default pipeline (``dvc.yaml``) is one cell; a full-size experiment
+(``experiments/fashion_mnist``) runs this stage once per seed. It runs the
+same stage code, on a params file written per cell, in four steps, sharing
+what can be shared:
+
+1. **Prepare** each (watermark, fraction): its splits and trigger sets.
+2. **Train**: one watermarked model per watermark (the owner trains on the
+   whole training split whatever the adversary holds), and the clean models,
+   shared by every watermark: each is trained once and scored at every epoch
+   on every cell's trigger set, so each threshold is still Aiken et al.
+   Sec. 7.1's (the highest rate any clean model shows at any epoch).
+3. **Attack** each (watermark, fraction): Neural Cleanse (``reconstruct``),
+   then every removal method (``remove``), Laundering starting from it.
+4. **Judge** each cell: ``evaluate`` and ``robustness`` (the adversary's pick
+   on its held-out slice and reconstructed trigger, then the true figures).
+
+The stage runs ``--jobs`` pieces at once in their own processes, one torch
+thread each (``wmbench.jobs``), and prints progress with an estimate of the
+time left. The models stay in ``--work`` (not a DVC output: hundreds of
+megabytes of splits and checkpoints); ``--metrics`` holds every figure the
+``verdict`` stage reads, and its settings file the seconds of every piece.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wmbench.files import read_json, write_json_atomic
+from wmbench.jobs import Job, run_jobs
+from wmbench.stage import SETTINGS_HELP, Timer, run_stage, settings_path, stage_parser, writing_outputs
+
+STEP_COST = {"prepare": 20.0, "embed": 150.0, "clean": 150.0, "reconstruct": 120.0, "judge": 20.0}
+# single-thread seconds of each removal on 6,000 Fashion-MNIST images (10 %), for the time-left estimate only
+REMOVAL_COST = {"finetune": 40.0, "rtal": 60.0, "fineprune": 40.0, "prune": 25.0, "refit": 120.0,
+                "laundering": 60.0, "wild_ce": 180.0, "wild_js": 180.0, "wild_dn": 250.0, "scratch": 70.0}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One watermark at one adversary fraction, for this stage's seed; its files under ``work/<scheme>/<f>``."""
+
+    scheme: str
+    fraction: float
+    work: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.scheme}-{self.fraction:g}"
+
+    @property
+    def key(self) -> str:
+        """``fraction_0_1``: metric keys carry no dots (DVC flattens nested keys with them)."""
+        return "fraction_" + f"{self.fraction:g}".replace(".", "_")
+
+    @property
+    def folder(self) -> Path:
+        return self.work / self.scheme / f"{self.fraction:g}"
+
+    def path(self, *parts: str) -> str:
+        return str(self.folder.joinpath(*parts))
+
+
+def set_dotted(params: dict[str, Any], key: str, value: Any) -> None:
+    """``params[a][b] = value`` for ``key`` ``"a.b"``; the key must exist, as with ``dvc exp run -S``."""
+    *path, last = key.split(".")
+    node = params
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ValueError(f"{key}: the params file has no block {part!r}")
+    if last not in node:
+        raise ValueError(f"{key}: the params file has no key {key!r}")
+    node[last] = value
+
+
+def write_cell_params(base: dict[str, Any], cell: Cell, seed: int) -> str:
+    """The experiment's params with the cell's seed, scheme and fraction, validated; the file's path."""
+    from wmbench.params import parse_params
+
+    params = yaml.safe_load(yaml.safe_dump(base))
+    for key, value in (("seed", seed), ("watermark.scheme", cell.scheme), ("data.adversary_fraction", cell.fraction)):
+        set_dotted(params, key, value)
+    parse_params(params)  # a bad value fails here, before any work
+    cell.folder.mkdir(parents=True, exist_ok=True)
+    path = cell.folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return str(path)
+
+
+# ---- the pieces, run in worker processes (wmbench.jobs) -----------------------------------------------------
+
+def stage(module: str, argv: list[str]) -> None:
+    """One stage's ``main`` with ``argv``, in this process."""
+    import importlib
+
+    importlib.import_module(f"stages.{module}").main(argv)
+
+
+def train_clean(params_path: str, cells: list[tuple[str, str]], seed: int, out: str) -> None:
+    """Step 2's clean model ``seed``: trained on the owner's data once, scored at every epoch on the test set and
+    every cell's trigger set (``cells``: (name, prepared folder)); the model and one CSV row per epoch."""
+    import numpy as np
+    import torch
+
+    from stages.embed import checkpoint_meta, train_model
+    from wmbench.checkpoint import save_checkpoint
+    from wmbench.files import write_csv_atomic
+    from wmbench.prepared import load_prepared
+    from wmbench.stage import start
+    from wmbench.training import accuracy
+
+    params, device = start(params_path, 1)
+    prepared = {name: load_prepared(folder) for name, folder in cells}
+    first = next(iter(prepared.values()))
+    owner_images, owner_labels = first.arrays["owner"]
+    for name, other in prepared.items():  # the clean model stands for every cell only if they share the owner
+        images, labels = other.arrays["owner"]
+        if not (np.array_equal(labels, owner_labels) and np.array_equal(images, owner_images)):
+            raise ValueError(f"cell {name} has another owner split than {cells[0][0]}; clean models cannot be shared")
+    test = first.on("test", device)
+    triggers = {name: p.on("trigger", device) for name, p in prepared.items()}
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        scores = {"test_acc": accuracy(model, test)}
+        scores.update({f"wm_acc@{name}": accuracy(model, trigger) for name, trigger in triggers.items()})
+        scores["wm_acc"] = max(v for k, v in scores.items() if k.startswith("wm_acc@"))
+        return scores
+
+    model, history = train_model(first, params, device, seed=seed, watermark=False, evaluate=evaluate)
+    save_checkpoint(Path(out) / f"seed{seed}.pt", model, checkpoint_meta(first, params, seed, "vanilla"))
+    write_csv_atomic(Path(out) / f"seed{seed}.csv", history)
+
+
+def judge(params_path: str, cell_folder: str, watermarked: str, clean: str, clean_seeds: list[int],
+          cell_name: str) -> None:
+    """Step 4 for one cell: its threshold from the clean models' histories, then ``evaluate`` and ``robustness``."""
+    from wmbench.evaluate import calibrate_threshold
+
+    folder = Path(cell_folder)
+    models = folder / "models"
+    (models / "vanilla").mkdir(parents=True, exist_ok=True)
+    if Path(watermarked) != models / "watermarked.pt":
+        shutil.copyfile(watermarked, models / "watermarked.pt")
+    rates = []
+    for seed in clean_seeds:
+        shutil.copyfile(Path(clean) / f"seed{seed}.pt", models / "vanilla" / f"seed{seed}.pt")
+        with open(Path(clean) / f"seed{seed}.csv", newline="") as f:
+            rates += [float(row[f"wm_acc@{cell_name}"]) for row in csv.DictReader(f)]
+    write_json_atomic(models / "vanilla" / "calibration.json", {
+        "threshold": calibrate_threshold(rates),
+        "threshold_rule": "max wm_acc over all clean seeds and epochs (Aiken et al. Sec. 7.1)",
+        "seeds": len(clean_seeds)})
+    common = ["--params", params_path, "--prepared", str(folder / "prepared"), "--models", str(models),
+              "--vanilla", str(models / "vanilla" / "calibration.json")]
+    stage("evaluate", [*common, "--metrics", str(folder / "summary.json"), "--plot", str(folder / "summary.csv"),
+                       "--settings", str(folder / "settings" / "evaluate.json")])
+    stage("robustness", [*common, "--reconstruct", str(folder / "reconstruct"),
+                         "--metrics", str(folder / "robustness.json"), "--plot", str(folder / "robustness.csv"),
+                         "--report", str(folder / "robustness.md"),
+                         "--frontier", str(folder / "robustness_frontier.png"),
+                         "--settings", str(folder / "settings" / "robustness.json")])
+
+
+# ---- the plan ----------------------------------------------------------------------------------------------
+
+def plan(cells: Sequence[Cell], params_files: dict[str, str], methods: Sequence[str], clean_seeds: Sequence[int],
+         work: Path, epoch_images: int) -> list[Job]:
+    """Every piece of the four steps, each waiting for what it reads."""
+    log = str(work / "stages.log")
+    jobs: list[Job] = []
+    first: dict[str, Cell] = {}
+    for cell in cells:
+        first.setdefault(cell.scheme, cell)
+        jobs.append(Job(f"prepare {cell.name}", "stages.grid:stage",
+                        ("prepare", ["--params", params_files[cell.name], "--out", cell.path("prepared")]), log,
+                        STEP_COST["prepare"]))
+    for scheme, cell in first.items():
+        jobs.append(Job(f"embed {scheme}", "stages.grid:stage", (
+            "embed", ["--params", params_files[cell.name], "--prepared", cell.path("prepared"),
+                      "--model", cell.path("models", "watermarked.pt"), "--metrics", cell.path("embed.json"),
+                      "--plot", cell.path("embed.csv"), "--settings", cell.path("settings", "embed.json")]),
+            log, STEP_COST["embed"], (f"prepare {cell.name}",)))
+    prepares = tuple(f"prepare {cell.name}" for cell in cells)
+    any_params = params_files[cells[0].name]
+    for seed in clean_seeds:
+        jobs.append(Job(f"clean {seed}", "stages.grid:train_clean",
+                        (any_params, [(cell.name, cell.path("prepared")) for cell in cells], seed, str(work / "clean")),
+                        log, STEP_COST["clean"], prepares))
+    for cell in cells:
+        model = first[cell.scheme].path("models", "watermarked.pt")
+        common = ["--params", params_files[cell.name], "--prepared", cell.path("prepared"), "--model", model]
+        ready = (f"prepare {cell.name}", f"embed {cell.scheme}")
+        jobs.append(Job(f"reconstruct {cell.name}", "stages.grid:stage", (
+            "reconstruct", [*common, "--out", cell.path("reconstruct"), "--metrics", cell.path("reconstruct.json"),
+                            "--settings", cell.path("settings", "reconstruct.json")]),
+            log, STEP_COST["reconstruct"] * epoch_images / 1024, ready))
+        scale = max(cell.fraction / 0.1, 0.05)
+        for method in methods:
+            extra, after = [], ready
+            if method == "laundering":
+                extra, after = ["--reconstruct", cell.path("reconstruct")], (*ready, f"reconstruct {cell.name}")
+            cost = REMOVAL_COST.get(method, 100.0) * (1.0 if method == "refit" else scale)
+            jobs.append(Job(f"remove {cell.name} {method}", "stages.grid:stage", (
+                "remove", [*common, "--method", method, "--out", cell.path("models", "removed", f"{method}.pt"),
+                           "--metrics", cell.path("remove", f"{method}.json"),
+                           "--plot", cell.path("remove", f"{method}.csv"),
+                           "--settings", cell.path("settings", "remove", f"{method}.json"), *extra]),
+                log, cost, after))
+        jobs.append(Job(f"judge {cell.name}", "stages.grid:judge", (
+            params_files[cell.name], str(cell.folder), model, str(work / "clean"), list(clean_seeds), cell.name),
+            log, STEP_COST["judge"],
+            (f"reconstruct {cell.name}", *(f"remove {cell.name} {m}" for m in methods),
+             *(f"clean {s}" for s in clean_seeds))))
+    return jobs
+
+
+def cell_metrics(cell: Cell) -> dict[str, Any]:
+    """What the verdict stage reads of one cell: the threshold, Neural Cleanse's finding, the watermarked model,
+    and per removal the adversary's figures (held-out loss, proxy retention) beside the true ones."""
+    robustness = read_json(cell.path("robustness.json"))
+    summary = read_json(cell.path("summary.json"))
+    reconstruct = read_json(cell.path("reconstruct.json"))
+    attempts = {}
+    for method, figures in robustness["attempts"].items():
+        row = summary[method]
+        attempts[method] = {**figures, "test_acc": row["test_acc"], "p_value_log10": row.get("p_value_log10"),
+                            "time_s": read_json(cell.path("remove", f"{method}.json")).get("time_s")}
+    return {
+        "scheme": cell.scheme, "adversary_fraction": cell.fraction, "threshold": robustness["threshold"],
+        "holdout_size": robustness["holdout_size"], "suspected_class": robustness["suspected_class"],
+        "target_detected": reconstruct.get("target_detected"), "flagged": reconstruct.get("flagged"),
+        "watermarked": {**robustness["watermarked"], "p_value_log10": summary["watermarked"].get("p_value_log10")},
+        "attempts": attempts,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__, "grid")
+    parser.add_argument("--seed", type=int, required=True, help="the seed of every cell (required)")
+    parser.add_argument("--schemes", required=True, help="watermark schemes, comma-separated (required)")
+    parser.add_argument("--fractions", required=True, help="adversary fractions, comma-separated (required)")
+    parser.add_argument("--methods", required=True, help="removal methods, comma-separated (required)")
+    parser.add_argument("--jobs", type=int, default=2, help="pieces run at once, one torch thread each")
+    parser.add_argument("--work", required=True, help="folder for the splits and models (emptied first; required)")
+    parser.add_argument("--metrics", required=True, help="every cell's figures, for the verdict stage (required)")
+    parser.add_argument("--settings", help=SETTINGS_HELP)
+    args = parser.parse_args(argv)
+
+    from wmbench.params import load_params
+    from wmbench.removal import REMOVALS
+    from wmbench.watermarks import WATERMARKS
+
+    params = load_params(args.params)
+    if params.data.adversary_holdout <= 0:
+        raise ValueError("data.adversary_holdout is 0: the verdict needs a held-out slice of the adversary's images "
+                         "to choose by; set it to e.g. 0.2")
+    schemes = [s for s in args.schemes.split(",") if s]
+    methods = [m for m in args.methods.split(",") if m]
+    fractions = [float(f) for f in args.fractions.split(",") if f]
+    for scheme in schemes:
+        WATERMARKS.get(scheme)
+    for method in methods:
+        REMOVALS.get(method)
+    if not schemes or not methods or not fractions or any(not 0 < f < 1 for f in fractions):
+        raise ValueError(f"--schemes {args.schemes!r}, --methods {args.methods!r}, --fractions {args.fractions!r}: "
+                         "each needs at least one value; fractions lie in (0, 1)")
+    work = Path(args.work)
+    if work.exists():
+        shutil.rmtree(work)
+    base = yaml.safe_load(Path(args.params).read_text())
+    cells = [Cell(scheme, fraction, work) for scheme in schemes for fraction in fractions]
+    params_files = {cell.name: write_cell_params(base, cell, args.seed) for cell in cells}
+    clean_seeds = [args.seed + k for k in range(1, params.vanilla.seeds + 1)]
+    timer = Timer()
+
+    jobs = plan(cells, params_files, methods, clean_seeds, work, params.reconstruct.epoch_images)
+    print(f"grid: seed {args.seed}, {len(cells)} cells, {len(jobs)} pieces, {args.jobs} at once", flush=True)
+    seconds = run_jobs(jobs, args.jobs, say=lambda line: print(f"grid: {line}", flush=True))
+
+    metrics = {"seed": args.seed, "cells": {}}
+    for cell in cells:
+        metrics["cells"].setdefault(cell.scheme, {})[cell.key] = cell_metrics(cell)
+    settings = {"stage": "grid", "seed": args.seed, "schemes": schemes, "fractions": fractions, "methods": methods,
+                "jobs": args.jobs, "clean_seeds": clean_seeds, "wall_s": round(timer.seconds, 1),
+                "seconds": {name: round(s, 1) for name, s in sorted(seconds.items())}}
+    with writing_outputs():
+        write_json_atomic(args.metrics, metrics)
+        write_json_atomic(settings_path(args.metrics, args.settings), settings)
+    busy = math.fsum(seconds.values())
+    print(f"grid: seed {args.seed} done in {timer.seconds / 60:.1f} min ({busy / 60:.0f} min of work)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))

@@ -1,0 +1,141 @@
+"""Stage ``verdict`` (full-size experiments): the owner's question answered across seeds, beside the papers.
+
+Reads every seed's ``grid`` metrics and writes, per adversary fraction and
+watermark (Issue 14, :mod:`wmbench.robustness`):
+
+1. **The verdict** per budget (``robustness.budgets``): each seed's adversary
+   picks, on its own held-out slice and reconstructed trigger, the removal of
+   lowest proxy retention whose held-out loss fits; the picks' measured test
+   loss and retention, mean and spread over seeds; "removed within N points,
+   by M" only when every seed's pick is below its threshold within budget.
+2. **The frontier**: every method's measured (test loss, retention), means
+   over seeds, with the picks circled (``frontier_<scheme>_<fraction>.png``).
+3. **The summary table**: every model's test accuracy and retention, mean and
+   spread over seeds, with the papers' MNIST numbers for the same protocol
+   (:func:`wmbench.sweep.paper_cell`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wmbench.files import read_json, write_csv_atomic, write_json_atomic, write_text_atomic
+from wmbench.robustness import Attempt
+from wmbench.stage import SETTINGS_HELP, run_stage, stage_parser, writing_outputs
+from wmbench.sweep import dotted, paper_cell, paper_references
+from wmbench.verdict import fraction_key, judge_fractions, mean_spread
+
+
+def gather(seeds: Sequence[dict[str, Any]]) -> tuple[dict[float, list[Attempt]], list[dict[str, Any]]]:
+    """Every removal of every seed as an :class:`Attempt` per fraction, and one flat row per (seed, cell, model)."""
+    attempts: dict[float, list[Attempt]] = {}
+    rows = []
+    for metrics in seeds:
+        seed = int(metrics["seed"])
+        for scheme, cells in sorted(metrics["cells"].items()):
+            for cell in cells.values():
+                fraction = float(cell["adversary_fraction"])
+                base = {"scheme": scheme, "adversary_fraction": fraction, "seed": seed,
+                        "threshold": cell["threshold"], "target_detected": cell["target_detected"]}
+                marked = cell["watermarked"]
+                rows.append({**base, "model": "watermarked", "test_acc": marked["test_acc"],
+                             "wm_acc": marked["wm_acc"], "holdout_acc_drop": 0.0,
+                             "proxy_wm_acc": marked["proxy_wm_acc"], "test_acc_drop": 0.0})
+                for method, figures in sorted(cell["attempts"].items()):
+                    attempts.setdefault(fraction, []).append(Attempt(
+                        scheme=scheme, method=method, setting="", seed=seed,
+                        estimated_drop=figures["holdout_acc_drop"], proxy_wm_acc=figures["proxy_wm_acc"],
+                        test_acc_drop=figures["test_acc_drop"], wm_acc=figures["wm_acc"],
+                        threshold=cell["threshold"]))
+                    rows.append({**base, "model": method, "test_acc": figures["test_acc"],
+                                 "wm_acc": figures["wm_acc"], "holdout_acc_drop": figures["holdout_acc_drop"],
+                                 "proxy_wm_acc": figures["proxy_wm_acc"], "test_acc_drop": figures["test_acc_drop"]})
+    return dict(sorted(attempts.items(), reverse=True)), rows
+
+
+def summary_table(rows: Sequence[dict[str, Any]], params: dict[str, Any]) -> str:
+    """Markdown: per watermark, fraction and model, the mean and spread over seeds, and the papers' numbers."""
+    references = paper_references()
+    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["scheme"], row["adversary_fraction"], row["model"]), []).append(row)
+    lines = ["| watermark | adversary data | model | test acc % | test acc lost (points) | wm retention % | "
+             "below threshold | paper (MNIST): test acc / retention |", "|---|---|---|---|---|---|---|---|"]
+    for (scheme, fraction, model), group in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1],
+                                                                                   kv[0][2] != "watermarked",
+                                                                                   kv[0][2])):
+        cell_params = {**dotted(params), "watermark.scheme": scheme, "data.adversary_fraction": fraction}
+        below = sum(r["wm_acc"] <= r["threshold"] for r in group)
+        lines.append(
+            f"| {scheme} | {100 * fraction:g}% | {model} | {mean_spread([r['test_acc'] for r in group], digits=2)} | "
+            f"{mean_spread([r['test_acc_drop'] for r in group])} | {mean_spread([r['wm_acc'] for r in group])} | "
+            f"{below}/{len(group)} | {'<br>'.join(paper_cell(references, scheme, model, fraction, cell_params))} |")
+    thresholds: dict[tuple[str, float], list[float]] = {}
+    detected: dict[tuple[str, float], list[bool]] = {}
+    for row in rows:
+        if row["model"] == "watermarked":
+            thresholds.setdefault((row["scheme"], row["adversary_fraction"]), []).append(row["threshold"])
+            detected.setdefault((row["scheme"], row["adversary_fraction"]), []).append(bool(row["target_detected"]))
+    lines += ["", "| watermark | adversary data | ownership threshold % (clean models) | Neural Cleanse found the "
+              "target |", "|---|---|---|---|"]
+    lines += [f"| {scheme} | {100 * fraction:g}% | {mean_spread(values)} | "
+              f"{sum(detected[scheme, fraction])}/{len(values)} |"
+              for (scheme, fraction), values in sorted(thresholds.items(), key=lambda kv: (kv[0][0], -kv[0][1]))]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__, "verdict")
+    parser.add_argument("--cells", default="cells", help="folder of the grid stage's metrics, seed<k>.json per seed")
+    parser.add_argument("--grid", default="grid.yaml", help="the grid's settings: its `seeds` are the files read")
+    parser.add_argument("--metrics", default="metrics/robustness.json",
+                        help="fraction_<f>.<scheme>.within_<points>.{method, wm_acc, test_acc_drop, removed, ...}")
+    parser.add_argument("--report", default="report.md", help="the verdict, the summary table and the papers' rows")
+    parser.add_argument("--plots", default="plots", help="folder for the frontier plots and attempts.csv")
+    parser.add_argument("--settings", help=SETTINGS_HELP)
+    args = parser.parse_args(argv)
+
+    from wmbench.params import load_params
+
+    params = load_params(args.params)
+    raw = yaml.safe_load(Path(args.params).read_text())
+    wanted = yaml.safe_load(Path(args.grid).read_text()).get("seeds") or []
+    missing = [seed for seed in wanted if not (Path(args.cells) / f"seed{seed}.json").is_file()]
+    if not wanted or missing:
+        raise FileNotFoundError(f"{args.grid} lists seeds {wanted}; {args.cells}/seed<k>.json is missing for "
+                                f"{missing}: run the grid stage for them first (dvc repro)")
+    seeds = [read_json(Path(args.cells) / f"seed{seed}.json") for seed in sorted(wanted)]
+    attempts, rows = gather(seeds)
+    plots = Path(args.plots)
+    with writing_outputs():
+        tables, metrics = judge_fractions(attempts, plots, "frontier_", params.robustness.budgets)
+        holdout = params.data.adversary_holdout
+        text = "\n\n".join([
+            f"# Can an adversary remove the watermark? {params.data.name}, `{params.model.arch}`, "
+            f"seeds {', '.join(str(m['seed']) for m in seeds)}",
+            f"Each seed's adversary trains on {100 * (1 - holdout):g} % of its images and chooses on the other "
+            f"{100 * holdout:g} % and Neural Cleanse's trigger for the class it suspects; test accuracy and the "
+            "owner's trigger set are measured after it chose. A watermark is removed within N points only when "
+            "every seed's pick is below that seed's ownership threshold and lost at most N points on the test set.",
+            tables, "## Every model, mean ± spread over seeds, beside the papers", summary_table(rows, raw)])
+        write_text_atomic(args.report, text + "\n")
+        write_json_atomic(args.metrics, {**metrics, "seeds": len(seeds)})
+        write_csv_atomic(plots / "attempts.csv", rows)
+        if args.settings:
+            write_json_atomic(args.settings, {"stage": "verdict", "seeds": [m["seed"] for m in seeds],
+                                              "budgets": list(params.robustness.budgets),
+                                              "fractions": [fraction_key(f) for f in attempts]})
+    print(f"verdict: {len(seeds)} seed(s), {len(rows)} models")
+    for fraction in attempts:
+        for scheme, budgets in sorted(metrics[fraction_key(fraction)].items()):
+            said = ", ".join(f"{key}: {'removed by ' + v['method'] if v['removed'] else 'survives'}"
+                             for key, v in budgets.items())
+            print(f"verdict: {scheme} at {fraction:g}: {said}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))

@@ -1,0 +1,155 @@
+"""The full-size experiments' stages on digits: ``grid`` (one seed's cells in worker processes) and ``verdict``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, small_params
+from wmbench.jobs import Job, run_jobs
+
+
+def test_jobs_wait_for_what_they_need_and_report_progress(tmp_path):
+    log = str(tmp_path / "log")
+    lines: list[str] = []
+    jobs = [Job("slow", "time:sleep", (0.5,), log, cost=1.0),
+            Job("after slow", "time:sleep", (0.0,), log, cost=5.0, after=("slow",)),
+            Job("other", "time:sleep", (0.0,), log, cost=1.0)]
+    seconds = run_jobs(jobs, workers=2, say=lines.append)
+    assert set(seconds) == {"slow", "after slow", "other"}
+    finished = [line.split("] ")[1].split(" in ")[0] for line in lines]
+    assert finished.index("slow") < finished.index("after slow")
+    assert lines[-1].startswith("[3/3 done]") and "min left" in lines[-1]
+
+
+def test_a_failing_job_stops_the_run_with_its_error(tmp_path):
+    jobs = [Job("bad", "math:sqrt", (-1.0,), str(tmp_path / "log"))]
+    with pytest.raises(ValueError, match="math domain"):
+        run_jobs(jobs, workers=1, say=lambda line: None)
+
+
+def test_a_job_waiting_for_an_unknown_one_is_refused_before_any_runs(tmp_path):
+    with pytest.raises(ValueError, match="not in the list"):
+        run_jobs([Job("a", "time:sleep", (0.0,), str(tmp_path / "log"), after=("b",))], workers=1)
+
+
+def grid_params(folder: Path) -> Path:
+    """Small digits params for a grid: few epochs everywhere, one clean model."""
+    params = small_params(**{"train.epochs": 10, "vanilla.seeds": 1, "reconstruct.epochs": 20})
+    for settings in params["removal"].values():
+        if "epochs" in settings:
+            settings["epochs"] = 2
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    """One seed of a two-watermark grid on digits, and the verdict over it."""
+    from stages import grid, verdict
+
+    folder = tmp_path_factory.mktemp("grid")
+    params = grid_params(folder)
+    grid.main(["--params", str(params), "--seed", "0", "--schemes", "content,square", "--fractions", "0.3",
+               "--methods", "finetune,laundering,scratch", "--jobs", "2", "--work", str(folder / "work"),
+               "--metrics", str(folder / "cells" / "seed0.json"), "--settings", str(folder / "settings.json")])
+    (folder / "grid.yaml").write_text("seeds: [0]\n")
+    verdict.main(["--params", str(params), "--grid", str(folder / "grid.yaml"), "--cells", str(folder / "cells"),
+                  "--metrics", str(folder / "robustness.json"), "--report", str(folder / "report.md"),
+                  "--plots", str(folder / "plots")])
+    return folder
+
+
+def test_grid_embeds_each_watermark_and_judges_every_removal(grid_run):
+    cells = json.loads((grid_run / "cells" / "seed0.json").read_text())["cells"]
+    assert set(cells) == {"content", "square"}
+    for scheme in cells:
+        cell = cells[scheme]["fraction_0_3"]
+        assert cell["watermarked"]["wm_acc"] >= 0.9, f"{scheme} was not learned"
+        assert set(cell["attempts"]) == {"finetune", "laundering", "scratch"}
+        assert cell["holdout_size"] > 0 and 0 <= cell["threshold"] < 0.5
+        # scratch never saw a trigger: it is below the threshold, the watermarked model is far above it
+        assert cell["attempts"]["scratch"]["wm_acc"] <= cell["threshold"] < cell["watermarked"]["wm_acc"]
+
+
+def test_grid_trains_one_clean_model_for_every_watermark(grid_run):
+    settings = json.loads((grid_run / "settings.json").read_text())
+    assert [name for name in settings["seconds"] if name.startswith("clean")] == ["clean 1"]
+    for scheme in ("content", "square"):
+        calibration = json.loads((grid_run / "work" / scheme / "0.3" / "models" / "vanilla" /
+                                  "calibration.json").read_text())
+        assert calibration["seeds"] == 1
+    history = (grid_run / "work" / "clean" / "seed1.csv").read_text().splitlines()[0]
+    assert "wm_acc@content-0.3" in history and "wm_acc@square-0.3" in history
+
+
+def test_verdict_answers_every_watermark_at_every_budget(grid_run):
+    metrics = json.loads((grid_run / "robustness.json").read_text())
+    assert metrics["seeds"] == 1
+    for scheme in ("content", "square"):
+        for budget in ("within_0_5", "within_1", "within_2"):
+            entry = metrics["fraction_0_3"][scheme][budget]
+            assert {"method", "wm_acc", "test_acc_drop", "removed", "seeds"} <= set(entry)
+    report = (grid_run / "report.md").read_text()
+    assert "## Adversary fraction 0.3" in report and "beside the papers" in report
+    assert (grid_run / "plots" / "frontier_square_0.3.png").stat().st_size > 0
+    assert "Laundering Tab. 2" in report  # the content row is Laundering's protocol
+
+
+def test_verdict_names_the_seed_whose_grid_has_not_run(grid_run, tmp_path, capsys):
+    from stages import verdict
+    from wmbench.stage import run_stage
+
+    (tmp_path / "grid.yaml").write_text("seeds: [0, 1]\n")
+    code = run_stage(verdict.main, ["--params", str(grid_run / "params.yaml"), "--grid", str(tmp_path / "grid.yaml"),
+                                    "--cells", str(grid_run / "cells"), "--metrics", str(tmp_path / "r.json"),
+                                    "--report", str(tmp_path / "r.md"), "--plots", str(tmp_path / "plots")])
+    assert code == 2 and "missing for [1]" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--methods", "finetune,no_such"], "no_such"),
+    (["--fractions", "1.5"], "fractions lie in"),
+])
+def test_grid_refuses_bad_input_before_any_work(tmp_path, capsys, args, message):
+    from stages import grid
+    from wmbench.stage import run_stage
+
+    params = grid_params(tmp_path)
+    argv = {"--params": str(params), "--seed": "0", "--schemes": "content", "--fractions": "0.3",
+            "--methods": "finetune", "--work": str(tmp_path / "work"), "--metrics": str(tmp_path / "m.json")}
+    argv.update(dict(zip(args[::2], args[1::2], strict=True)))
+    code = run_stage(grid.main, [part for pair in argv.items() for part in pair])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "work").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_grid_refuses_a_run_without_a_held_out_slice(tmp_path, capsys):
+    from stages import grid
+    from wmbench.stage import run_stage
+
+    params = grid_params(tmp_path)
+    raw = yaml.safe_load(params.read_text())
+    raw["data"]["adversary_holdout"] = 0.0
+    params.write_text(yaml.safe_dump(raw))
+    code = run_stage(grid.main, ["--params", str(params), "--seed", "0", "--schemes", "content", "--fractions", "0.3",
+                                 "--methods", "finetune", "--work", str(tmp_path / "w"), "--metrics",
+                                 str(tmp_path / "m.json")])
+    assert code == 2 and "adversary_holdout" in capsys.readouterr().err
+
+
+def test_the_experiment_folder_is_a_complete_dvc_pipeline():
+    folder = ROOT / "experiments" / "fashion_mnist"
+    stages = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == {"grid", "verdict"}
+    grid_yaml = yaml.safe_load((folder / "grid.yaml").read_text())
+    assert len(grid_yaml["seeds"]) == 3 and {"square", "content"} <= set(grid_yaml["schemes"].split(","))
+    from wmbench.params import load_params
+
+    params = load_params(folder / "params.yaml")
+    assert params.data.name == "fashion_mnist" and params.data.adversary_holdout > 0
