@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import json
-import multiprocessing
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,15 +58,12 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def set_dotted(params: dict[str, Any], key: str, value: Any) -> None:
     """``params[a][b] = value`` for ``key`` ``"a.b"``; a key that is not there is an error, as in ``dvc exp run -S``."""
-    *path, last = key.split(".")
-    node = params
-    for i, part in enumerate(path):
-        node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict):
-            raise SystemExit(f"--set {key}: params.yaml has no block {'.'.join(path[: i + 1])!r}")
-    if last not in node:
-        raise SystemExit(f"--set {key}: params.yaml has no key {key!r}; only existing keys can be set")
-    node[last] = value
+    from stages.grid import set_dotted as set_key
+
+    try:
+        set_key(params, key, value)
+    except ValueError as err:
+        raise SystemExit(f"--set {err}; only existing keys can be set") from None
 
 
 def cell_params(base: dict[str, Any], scheme: str, fraction: float, method: str | None = None,
@@ -114,10 +108,8 @@ class Job:
     cost: float = 0.0  # a guess at the work, to start the biggest jobs first
 
 
-def run_job(job: Job) -> dict[str, Any]:
-    """Run one stage's ``main`` in this process; its row with seconds, images and accuracies."""
-    module = importlib.import_module(f"stages.{job.stage}")
-    seconds = run_quietly(module.main, list(job.argv), Path(job.log))
+def row_of(job: Job, seconds: float) -> dict[str, Any]:
+    """A finished job's row: its seconds, images through the model, test accuracy and watermark retention."""
     metrics = json.loads(Path(job.metrics).read_text())
     row = {**job.row, "seconds": seconds, "test_acc": metrics["test_acc"], "wm_acc": metrics["wm_acc"]}
     if job.stage == "remove":
@@ -125,39 +117,22 @@ def run_job(job: Job) -> dict[str, Any]:
     return row
 
 
-def _set_threads(threads: int) -> None:
-    """In a worker: the torch threads it was given."""
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def run_jobs(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
-    """Rows of ``jobs`` in their order; ``workers`` > 1 runs them in that many processes, biggest first.
+    """Rows of ``jobs`` in their order, run by the project's one job runner (:func:`wmbench.jobs.run_jobs`, as
+    ``stages.grid`` runs a full-size grid), ``workers`` processes at once, the biggest first.
 
     Small-batch training of a LeNet leaves a GPU mostly idle, waiting on Python
     and kernel launches; several processes keep it busy. Each job seeds itself
-    (``wmbench.stage.start``), so the numbers do not depend on ``workers``
-    (on the CPU, up to the threads each process gets).
+    (``wmbench.stage.start``) and takes its threads from the params' ``threads``,
+    so the numbers do not depend on ``workers``.
     """
-    def report(row: dict[str, Any]) -> None:
-        print(f"{row['scheme']} {row['fraction']:g} {row['run']}: {row['seconds']:.1f}s", file=sys.stderr, flush=True)
+    from wmbench import jobs as runner
 
-    if workers == 1:
-        rows = []
-        for job in jobs:
-            rows.append(run_job(job))
-            report(rows[-1])
-        return rows
-    import torch
-
-    threads = max(1, torch.get_num_threads() // workers)  # this process's CPU threads, shared out
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_set_threads, initargs=(threads,)) as pool:
-        futures = {i: pool.submit(run_job, jobs[i]) for i in sorted(range(len(jobs)), key=lambda i: -jobs[i].cost)}
-        for future in as_completed(futures.values()):
-            report(future.result())
-        return [futures[i].result() for i in range(len(jobs))]
+    named = [runner.Job(f"{job.stage} {job.row['scheme']} {job.row['fraction']:g} {job.row['run']} #{i}",
+                        "stages.grid:stage", (job.stage, list(job.argv)), job.log, job.cost or 1.0)
+             for i, job in enumerate(jobs)]
+    seconds = runner.run_jobs(named, workers, say=lambda line: print(line, file=sys.stderr, flush=True))
+    return [row_of(job, seconds[entry.name]) for job, entry in zip(jobs, named, strict=True)]
 
 
 def run_grid(base: dict[str, Any], folder: Path, schemes: Sequence[str], fractions: Sequence[float],
