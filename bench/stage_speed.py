@@ -57,17 +57,20 @@ if TYPE_CHECKING:
     from wmbench.prepared import Prepared
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("prepare", "embed", "vanilla", "reconstruct", "remove", "evaluate", "export")
+STAGES = ("prepare", "embed", "vanilla", "reconstruct", "remove", "evaluate", "robustness", "export")
 
 
 def stage_commands(dvc_yaml: Path, methods: list[str]) -> dict[str, list[str]]:
     """Stage name -> argv after ``python -m``, as ``dvc.yaml`` wires them (``remove`` once per method)."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    pipeline = yaml.safe_load(dvc_yaml.read_text())
+    stages = pipeline["stages"]
+    reads = {key: value for block in pipeline.get("vars", []) for key, value in block.items()}["removal_reads"]
     commands = {}
     for name in STAGES:
         if name == "remove":
             template = stages[name]["do"]["cmd"]
-            commands.update({f"remove@{m}": _module_argv(template.replace("${key}", m)) for m in methods})
+            commands.update({f"remove@{m}": _module_argv(template.replace("${key}", m).replace(
+                "${item.args}", reads[m]["args"])) for m in methods})
         else:
             commands[name] = _module_argv(stages[name]["cmd"])
     return commands
