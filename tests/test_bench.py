@@ -118,3 +118,13 @@ def test_a_bad_setting_stops_the_grid_before_any_work(tmp_path) -> None:
     with pytest.raises(SystemExit, match="error: .*train.epochs"):
         wild_grid.main(["--set", "train.epochs=-3", "--keep", str(tmp_path)])
     assert not (tmp_path / "content").exists()
+
+
+def test_stage_commands_resolve_every_dvc_yaml_variable() -> None:
+    """The benchmark runs dvc.yaml's commands without DVC: nothing of ``${...}`` may be left in them."""
+    from wmbench.removal import REMOVALS
+
+    commands = stage_speed.stage_commands(wild_grid.ROOT / "dvc.yaml", REMOVALS.names())
+    assert {"robustness", "remove@laundering", "export"} <= set(commands)
+    assert not [word for argv in commands.values() for word in argv if "${" in word]
+    assert commands["remove@laundering"][-2:] == ["--reconstruct", "artifacts/reconstruct"]
