@@ -134,7 +134,7 @@ def own_checkpoint_change() -> None:
         Path("params.yaml").write_bytes(params)
         own.unlink(missing_ok=True)
     code, out = dvc("repro")
-    status = dvc("status")[1]
+    status = dvc("status", "dvc.yaml")[1]
     if code != 0 or "Data and pipelines are up to date" not in status:
         fail(f"putting params.yaml back did not restore the pipeline:\n{out}\n{status}")
     how = "from the run cache" if "is cached" in out else "by re-running it"
