@@ -24,18 +24,17 @@ import argparse
 import csv
 import json
 import math
-import multiprocessing
 import statistics
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bench.wild_grid import run_quietly, set_dotted, write_yaml
+from wmbench.jobs import Job, run_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMES = ("square", "content", "noise")  # the default grid
@@ -371,6 +370,11 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def progress(line: str) -> None:
+    """The job runner's progress lines, on stderr beside the stages' logs."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
@@ -397,28 +401,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     work = Path(args.work).resolve()
     cell_params(args.seeds[0], args.schemes[0], args.fractions[0], args.set)  # a bad --set fails here
 
-    tasks = [(run_cell, (work, seed, scheme, args.fractions, args.set, args.models_only, not args.launder_choice))
-             for seed in args.seeds for scheme in args.schemes]
+    log = str(work / "runner.log")
+    tasks = [Job(f"{scheme} seed {seed}", "scripts.aiken_results:run_cell",
+                 (work, seed, scheme, list(args.fractions), list(args.set), args.models_only, not args.launder_choice),
+                 log) for seed in args.seeds for scheme in args.schemes]
     if not args.launder_choice:  # the choice needs the cells' triggers, not the clean models' false positives
-        tasks += [(run_clean, (work, seed, FRACTIONS[0], args.set, args.models_only)) for seed in args.seeds]
+        tasks += [Job(f"clean seed {seed}", "scripts.aiken_results:run_clean",
+                      (work, seed, FRACTIONS[0], list(args.set), args.models_only), log) for seed in args.seeds]
     start = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        futures = [pool.submit(function, *arguments) for function, arguments in tasks]
-        for done, future in enumerate(as_completed(futures), start=1):
-            print(f"[{done}/{len(tasks)}] {future.result()} done at {time.perf_counter() - start:.0f} s",
-                  file=sys.stderr, flush=True)
+    run_jobs(tasks, args.jobs, say=progress)
     if args.models_only:
         print(f"models in {work} after {time.perf_counter() - start:.0f} s")
         return
     if args.launder_choice:
         candidates = [(seed, scheme, recipe) for seed in args.seeds for scheme in args.schemes
                       for recipe in LAUNDER_CHOICE]
-        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-            futures = [pool.submit(launder_candidate, work, *candidate) for candidate in candidates]
-            for done, future in enumerate(as_completed(futures), start=1):
-                print(f"[{done}/{len(candidates)}] {future.result()} done at {time.perf_counter() - start:.0f} s",
-                      file=sys.stderr, flush=True)
+        choices = [Job(f"{scheme} seed {seed} {recipe}", "scripts.aiken_results:launder_candidate",
+                       (work, seed, scheme, recipe), log) for seed, scheme, recipe in candidates]
+        run_jobs(choices, args.jobs, say=progress)
         out = Path(args.choice_out)
         chosen = merge(read_csv(out) if out.exists() else [], choice_rows(work, args.seeds, args.schemes),
                        ("scheme", "seed", "recipe"))

@@ -30,12 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ import yaml
 
 from bench.wild_grid import run_quietly, set_dotted, write_yaml
 from scripts.aiken_results import SCHEME_SETTINGS, SCHEMES, merge, read_csv, thresholds, write_csv
+from wmbench.jobs import Job, run_jobs
 
 FRACTION = 0.1  # WILD's 10 %
 PAPER_BETA = {"wild_ce": 0.1, "wild_js": 1.0}  # WILD Table I, MNIST
@@ -324,15 +323,9 @@ def plot_ablation(rows: Sequence[dict], path: Path) -> None:
 
 def run_all(work: Path, runs: Sequence[Run], jobs: int) -> None:
     """Every run, ``jobs`` at once, with progress and an estimate of the time left."""
-    start = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        futures = [pool.submit(execute, work, run) for run in runs]
-        for done, future in enumerate(as_completed(futures), start=1):
-            elapsed = time.perf_counter() - start
-            left = elapsed / done * (len(runs) - done)
-            print(f"[{done}/{len(runs)}] {future.result()}; {elapsed / 60:.0f} min so far, about "
-                  f"{left / 60:.0f} min left", file=sys.stderr, flush=True)
+    log = str(work / "runner.log")
+    run_jobs([Job(f"{run.scheme} seed {run.seed} {run.name}", "scripts.wild_results:execute", (work, run), log)
+              for run in runs], jobs, say=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -348,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="run only these methods (default: all)")
     parser.add_argument("--dn-choice", action="store_true",
                         help="instead of the grid: wild_dn's discriminator inputs on square seed 0, judged on a "
-                             f"{HOLDOUT:.0%} held-out slice of the adversary's images -> --dn-choice-csv")
+                             f"{100 * HOLDOUT:g} %% held-out slice of the adversary's images -> --dn-choice-csv")
     parser.add_argument("--dn-choice-csv", default="results/wild_dn_choice.csv", help="default %(default)s")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one process and CPU thread each")
     parser.add_argument("--work", default=".cache/aiken", help="scripts.aiken_results' work folder, whose models "

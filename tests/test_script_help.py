@@ -1,0 +1,20 @@
+"""Every script and benchmark prints its help: argparse formats each help string only then."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+MODULES = ("scripts.aiken_results", "scripts.wild_results", "scripts.sweep", "bench.wild_grid", "bench.stage_speed",
+           "bench.train_speed", "bench.threads", "bench.reconstruct_speed", "stages.grid", "stages.verdict")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_help_prints_and_exits_cleanly(name, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [name, "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(name).main()
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out
