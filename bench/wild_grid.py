@@ -129,7 +129,7 @@ def run_jobs(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
     from wmbench import jobs as runner
 
     named = [runner.Job(f"{job.stage} {job.row['scheme']} {job.row['fraction']:g} {job.row['run']} #{i}",
-                        "stages.grid:stage", (job.stage, list(job.argv)), job.log, job.cost or 1.0)
+                        "stages.grid:stage", (job.stage, list(job.argv)), job.log, job.cost)
              for i, job in enumerate(jobs)]
     seconds = runner.run_jobs(named, workers, say=lambda line: print(line, file=sys.stderr, flush=True))
     return [row_of(job, seconds[entry.name]) for job, entry in zip(jobs, named, strict=True)]

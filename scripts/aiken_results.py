@@ -35,6 +35,7 @@ import yaml
 
 from bench.wild_grid import run_quietly, set_dotted, write_yaml
 from wmbench.jobs import Job, run_jobs
+from wmbench.verdict import mean_spread
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMES = ("square", "content", "noise")  # the default grid
@@ -179,7 +180,7 @@ def choice_rows(work: Path, seeds: Sequence[int], schemes: Sequence[str]) -> lis
 def choice_summary(rows: Sequence[dict]) -> str:
     """Markdown: per recipe, what the adversary ranks by (held-out accuracy), then what it could not see."""
     def stat(values: list[float]) -> str:
-        return f"{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}"
+        return mean_spread(values, scale=1.0)
 
     lines = ["| recipe | cells | held-out acc % (chooses) | test acc lost (points) | wm_acc % | removed | "
              "units reset |",

@@ -43,6 +43,7 @@ import yaml
 from bench.wild_grid import run_quietly, set_dotted, write_yaml
 from scripts.aiken_results import SCHEME_SETTINGS, SCHEMES, merge, read_csv, thresholds, write_csv
 from wmbench.jobs import Job, run_jobs
+from wmbench.verdict import mean_spread
 
 FRACTION = 0.1  # WILD's 10 %
 PAPER_BETA = {"wild_ce": 0.1, "wild_js": 1.0}  # WILD Table I, MNIST
@@ -198,8 +199,7 @@ TABLE_KEY = ("scheme", "method", "setting", "seed")
 def summary(rows: list[dict]) -> str:
     """Markdown: mean +- std over seeds of test accuracy and retention (%) per scheme, method and setting."""
     def stat(values: list[float]) -> str:
-        values = [100 * float(v) for v in values]
-        return f"{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}"
+        return mean_spread([float(v) for v in values])
 
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for row in rows:

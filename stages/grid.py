@@ -38,6 +38,7 @@ import yaml
 from wmbench.files import read_json, write_json_atomic
 from wmbench.jobs import Job, run_jobs
 from wmbench.stage import SETTINGS_HELP, Timer, run_stage, settings_path, stage_parser, writing_outputs
+from wmbench.verdict import fraction_key
 
 STEP_COST = {"prepare": 20.0, "embed": 150.0, "clean": 150.0, "reconstruct": 120.0, "judge": 20.0}
 # single-thread seconds of each removal on 6,000 Fashion-MNIST images (10 %), for the time-left estimate only
@@ -56,11 +57,6 @@ class Cell:
     @property
     def name(self) -> str:
         return f"{self.scheme}-{self.fraction:g}"
-
-    @property
-    def key(self) -> str:
-        """``fraction_0_1``: metric keys carry no dots (DVC flattens nested keys with them)."""
-        return "fraction_" + f"{self.fraction:g}".replace(".", "_")
 
     @property
     def folder(self) -> Path:
@@ -289,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     metrics = {"seed": args.seed, "cells": {}}
     for cell in cells:
-        metrics["cells"].setdefault(cell.scheme, {})[cell.key] = cell_metrics(cell)
+        metrics["cells"].setdefault(cell.scheme, {})[fraction_key(cell.fraction)] = cell_metrics(cell)
     settings = {"stage": "grid", "seed": args.seed, "schemes": schemes, "fractions": fractions, "methods": methods,
                 "jobs": args.jobs, "clean_seeds": clean_seeds, "wall_s": round(timer.seconds, 1),
                 "seconds": {name: round(s, 1) for name, s in sorted(seconds.items())}}

@@ -99,10 +99,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--settings", help=SETTINGS_HELP)
     args = parser.parse_args(argv)
 
-    from wmbench.params import load_params
+    from wmbench.params import parse_params
 
-    params = load_params(args.params)
     raw = yaml.safe_load(Path(args.params).read_text())
+    params = parse_params(raw)
     wanted = yaml.safe_load(Path(args.grid).read_text()).get("seeds") or []
     missing = [seed for seed in wanted if not (Path(args.cells) / f"seed{seed}.json").is_file()]
     if not wanted or missing:

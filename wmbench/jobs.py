@@ -17,7 +17,7 @@ import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ class Job:
     args: tuple[Any, ...]
     log: str
     cost: float = 1.0
-    after: tuple[str, ...] = field(default=())
+    after: tuple[str, ...] = ()
 
 
 def run_job(job: Job, threads: int = 1) -> float:
@@ -96,9 +96,11 @@ def run_jobs(jobs: Sequence[Job], workers: int, threads: int = 1,
                 guessed += job.cost
                 spent += done[job.name]
                 elapsed = (time.perf_counter() - start) / 60
-                left_cost = total_cost - guessed
-                # work left at the pace seen so far, shared among the workers
-                left = left_cost * (spent / guessed) / max(1, workers) / 60
+                # work left at the pace seen so far, shared among the workers; by job count while every
+                # finished job was guessed to cost nothing
+                left_work = ((total_cost - guessed) * spent / guessed if guessed > 0
+                             else (len(jobs) - len(done)) * spent / len(done))
+                left = left_work / max(1, workers) / 60
                 now = ", ".join(j.name for j in running.values()) or "nothing"
                 say(f"[{len(done)}/{len(jobs)} done] {job.name} in {done[job.name]:.0f} s; running {now}; "
                     f"{elapsed:.1f} min so far, about {left:.0f} min left")
