@@ -12,7 +12,10 @@ what can be shared:
    on every cell's trigger set, so each threshold is still Aiken et al.
    Sec. 7.1's (the highest rate any clean model shows at any epoch).
 3. **Attack** each (watermark, fraction): Neural Cleanse (``reconstruct``),
-   then every removal method (``remove``), Laundering starting from it.
+   then every removal method (``remove``), Laundering starting from it, and
+   every variant (``--variants``: a method at other settings, e.g.
+   ``wild_js@epochs=4``), so the adversary has settings to choose among
+   (issue 14 part 2; each variant is one more attempt, judged like a method).
 4. **Judge** each cell: ``evaluate`` and ``robustness`` (the adversary's pick
    on its held-out slice and reconstructed trigger, then the true figures).
 
@@ -40,10 +43,55 @@ from wmbench.jobs import Job, run_jobs
 from wmbench.stage import SETTINGS_HELP, Timer, run_stage, settings_path, stage_parser, writing_outputs
 from wmbench.verdict import fraction_key
 
-STEP_COST = {"prepare": 20.0, "embed": 150.0, "clean": 150.0, "reconstruct": 120.0, "judge": 20.0}
-# single-thread seconds of each removal on 6,000 Fashion-MNIST images (10 %), for the time-left estimate only
-REMOVAL_COST = {"finetune": 40.0, "rtal": 60.0, "fineprune": 40.0, "prune": 25.0, "refit": 120.0,
-                "laundering": 60.0, "wild_ce": 180.0, "wild_js": 180.0, "wild_dn": 250.0, "scratch": 70.0}
+# single-thread seconds of each piece on Fashion-MNIST with experiments/fashion_mnist's params (seed 0 of its
+# first run), for the time-left estimate and the order of the queue only; removals at 10 % of the data
+STEP_COST = {"prepare": 3.0, "embed": 85.0, "clean": 70.0, "reconstruct": 220.0, "judge": 16.0}
+REMOVAL_COST = {"finetune": 41.0, "rtal": 60.0, "fineprune": 28.0, "prune": 24.0, "refit": 72.0,
+                "laundering": 98.0, "wild_ce": 192.0, "wild_js": 204.0, "wild_dn": 250.0, "scratch": 92.0}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One removal method at one setting: ``method@key=value+key=value``; a key is a param under
+    ``removal.<method>``, or ``beta`` for WILD. Plain ``method`` is the params file's own setting."""
+
+    method: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return "+".join([self.method, *(f"{k}={v}" for k, v in self.overrides)]).replace("+", "@", 1)
+
+    def settings(self) -> list[tuple[str, Any]]:
+        """The dotted params keys this variant sets and their values."""
+        return [(key if key == "beta" else f"removal.{self.method}.{key}", value) for key, value in self.overrides]
+
+
+def parse_variants(text: str) -> list[Variant]:
+    """``--variants``: comma-separated ``method@key=value[+key=value]``; each key must bear on its method."""
+    from wmbench.removal import REMOVALS
+    from wmbench.sweep import WILD_METHODS
+
+    variants = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        method, _, rest = item.partition("@")
+        REMOVALS.get(method)
+        overrides = []
+        for pair in rest.split("+") if rest else []:
+            key, sep, value = pair.partition("=")
+            if not sep or not key or "." in key or (key == "beta" and method not in WILD_METHODS):
+                raise ValueError(f"--variants {item!r}: write method@key=value[+key=value] with each key a param "
+                                 f"of removal.{method} (or beta for WILD), e.g. wild_js@epochs=4")
+            overrides.append((key, yaml.safe_load(value)))
+        if not overrides:
+            raise ValueError(f"--variants {item!r} names no setting; e.g. {method}@epochs=4")
+        variants.append(Variant(method, tuple(overrides)))
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--variants {text!r} names a variant twice")
+    return variants
 
 
 @dataclass(frozen=True)
@@ -91,6 +139,28 @@ def write_cell_params(base: dict[str, Any], cell: Cell, seed: int) -> str:
     path = cell.folder / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return str(path)
+
+
+def variant_params(params: dict[str, Any], variant: Variant) -> dict[str, Any]:
+    """``params`` (nested) with the variant's settings, validated: a bad value fails here, before any work."""
+    from wmbench.params import parse_params
+
+    params = yaml.safe_load(yaml.safe_dump(params))
+    for key, value in variant.settings():
+        set_dotted(params, key, value)
+    try:
+        parse_params(params)
+    except ValueError as error:  # ParamsError too: say which variant
+        raise type(error)(f"--variants {variant.name}: {error}") from error
+    return params
+
+
+def write_variant_params(cell_params: str, variant: Variant) -> str:
+    """The cell's params with the variant's settings, beside the cell's (``params@<name>.yaml``); its path."""
+    path = Path(cell_params)
+    out = path.with_name(f"params@{variant.name}.yaml")
+    out.write_text(yaml.safe_dump(variant_params(yaml.safe_load(path.read_text()), variant), sort_keys=False))
+    return str(out)
 
 
 # ---- the pieces, run in worker processes (wmbench.jobs) -----------------------------------------------------
@@ -169,9 +239,11 @@ def judge(params_path: str, cell_folder: str, watermarked: str, clean: str, clea
 
 # ---- the plan ----------------------------------------------------------------------------------------------
 
-def plan(cells: Sequence[Cell], params_files: dict[str, str], methods: Sequence[str], clean_seeds: Sequence[int],
-         work: Path, epoch_images: int) -> list[Job]:
-    """Every piece of the four steps, each waiting for what it reads."""
+def plan(cells: Sequence[Cell], params_files: dict[str, str], variants: Sequence[Variant],
+         clean_seeds: Sequence[int], work: Path, epoch_images: int, epochs: dict[str, int]) -> list[Job]:
+    """Every piece of the four steps, each waiting for what it reads. ``variants`` holds every removal, plain
+    methods included; a variant's params file is ``params@<name>.yaml`` beside its cell's. ``epochs`` (the
+    params' epochs per method) scales a variant's cost guess."""
     log = str(work / "stages.log")
     jobs: list[Job] = []
     first: dict[str, Cell] = {}
@@ -201,21 +273,27 @@ def plan(cells: Sequence[Cell], params_files: dict[str, str], methods: Sequence[
                             "--settings", cell.path("settings", "reconstruct.json")]),
             log, STEP_COST["reconstruct"] * epoch_images / 1024, ready))
         scale = max(cell.fraction / 0.1, 0.05)
-        for method in methods:
+        for variant in variants:
+            method, name = variant.method, variant.name
+            params_file = params_files[cell.name]
+            if variant.overrides:
+                params_file = str(Path(params_file).with_name(f"params@{name}.yaml"))
+            common = ["--params", params_file, "--prepared", cell.path("prepared"), "--model", model]
             extra, after = [], ready
             if method == "laundering":
                 extra, after = ["--reconstruct", cell.path("reconstruct")], (*ready, f"reconstruct {cell.name}")
             cost = REMOVAL_COST.get(method, 100.0) * (1.0 if method == "refit" else scale)
-            jobs.append(Job(f"remove {cell.name} {method}", "stages.grid:stage", (
-                "remove", [*common, "--method", method, "--out", cell.path("models", "removed", f"{method}.pt"),
-                           "--metrics", cell.path("remove", f"{method}.json"),
-                           "--plot", cell.path("remove", f"{method}.csv"),
-                           "--settings", cell.path("settings", "remove", f"{method}.json"), *extra]),
+            cost *= dict(variant.overrides).get("epochs", epochs.get(method, 1)) / max(1, epochs.get(method, 1))
+            jobs.append(Job(f"remove {cell.name} {name}", "stages.grid:stage", (
+                "remove", [*common, "--method", method, "--out", cell.path("models", "removed", f"{name}.pt"),
+                           "--metrics", cell.path("remove", f"{name}.json"),
+                           "--plot", cell.path("remove", f"{name}.csv"),
+                           "--settings", cell.path("settings", "remove", f"{name}.json"), *extra]),
                 log, cost, after))
         jobs.append(Job(f"judge {cell.name}", "stages.grid:judge", (
             params_files[cell.name], str(cell.folder), model, str(work / "clean"), list(clean_seeds), cell.name),
             log, STEP_COST["judge"],
-            (f"reconstruct {cell.name}", *(f"remove {cell.name} {m}" for m in methods),
+            (f"reconstruct {cell.name}", *(f"remove {cell.name} {v.name}" for v in variants),
              *(f"clean {s}" for s in clean_seeds))))
     return jobs
 
@@ -246,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--schemes", required=True, help="watermark schemes, comma-separated (required)")
     parser.add_argument("--fractions", required=True, help="adversary fractions, comma-separated (required)")
     parser.add_argument("--methods", required=True, help="removal methods, comma-separated (required)")
+    parser.add_argument("--variants", default="",
+                        help="more settings to attempt, comma-separated method@key=value[+key=value] (a key under "
+                             "removal.<method>, or beta for WILD), e.g. wild_js@epochs=4")
     parser.add_argument("--jobs", type=int, default=2, help="pieces run at once, one torch thread each")
     parser.add_argument("--work", required=True, help="folder for the splits and models (emptied first; required)")
     parser.add_argument("--metrics", required=True, help="every cell's figures, for the verdict stage (required)")
@@ -267,19 +348,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         WATERMARKS.get(scheme)
     for method in methods:
         REMOVALS.get(method)
+    variants = [Variant(m) for m in methods] + parse_variants(args.variants)
     if not schemes or not methods or not fractions or any(not 0 < f < 1 for f in fractions):
         raise ValueError(f"--schemes {args.schemes!r}, --methods {args.methods!r}, --fractions {args.fractions!r}: "
                          "each needs at least one value; fractions lie in (0, 1)")
+    base = yaml.safe_load(Path(args.params).read_text())
+    for variant in variants:
+        variant_params(base, variant)
     work = Path(args.work)
     if work.exists():
         shutil.rmtree(work)
-    base = yaml.safe_load(Path(args.params).read_text())
     cells = [Cell(scheme, fraction, work) for scheme in schemes for fraction in fractions]
     params_files = {cell.name: write_cell_params(base, cell, args.seed) for cell in cells}
+    for cell in cells:
+        for variant in variants:
+            if variant.overrides:
+                write_variant_params(params_files[cell.name], variant)
+    epochs = {name: int(block.get("epochs", 1)) for name, block in base["removal"].items() if isinstance(block, dict)}
     clean_seeds = [args.seed + k for k in range(1, params.vanilla.seeds + 1)]
     timer = Timer()
 
-    jobs = plan(cells, params_files, methods, clean_seeds, work, params.reconstruct.epoch_images)
+    jobs = plan(cells, params_files, variants, clean_seeds, work, params.reconstruct.epoch_images, epochs)
     print(f"grid: seed {args.seed}, {len(cells)} cells, {len(jobs)} pieces, {args.jobs} at once", flush=True)
     seconds = run_jobs(jobs, args.jobs, say=lambda line: print(f"grid: {line}", flush=True))
 
@@ -287,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for cell in cells:
         metrics["cells"].setdefault(cell.scheme, {})[fraction_key(cell.fraction)] = cell_metrics(cell)
     settings = {"stage": "grid", "seed": args.seed, "schemes": schemes, "fractions": fractions, "methods": methods,
+                "variants": [v.name for v in variants if v.overrides],
                 "jobs": args.jobs, "clean_seeds": clean_seeds, "wall_s": round(timer.seconds, 1),
                 "seconds": {name: round(s, 1) for name, s in sorted(seconds.items())}}
     with writing_outputs():

@@ -45,13 +45,14 @@ def gather(seeds: Sequence[dict[str, Any]]) -> tuple[dict[float, list[Attempt]],
                 rows.append({**base, "model": "watermarked", "test_acc": marked["test_acc"],
                              "wm_acc": marked["wm_acc"], "holdout_acc_drop": 0.0,
                              "proxy_wm_acc": marked["proxy_wm_acc"], "test_acc_drop": 0.0})
-                for method, figures in sorted(cell["attempts"].items()):
+                for model, figures in sorted(cell["attempts"].items()):
+                    method, _, setting = model.partition("@")  # a variant: method@key=value (stages.grid)
                     attempts.setdefault(fraction, []).append(Attempt(
-                        scheme=scheme, method=method, setting="", seed=seed,
+                        scheme=scheme, method=method, setting=setting, seed=seed,
                         estimated_drop=figures["holdout_acc_drop"], proxy_wm_acc=figures["proxy_wm_acc"],
                         test_acc_drop=figures["test_acc_drop"], wm_acc=figures["wm_acc"],
                         threshold=cell["threshold"]))
-                    rows.append({**base, "model": method, "test_acc": figures["test_acc"],
+                    rows.append({**base, "model": model, "test_acc": figures["test_acc"],
                                  "wm_acc": figures["wm_acc"], "holdout_acc_drop": figures["holdout_acc_drop"],
                                  "proxy_wm_acc": figures["proxy_wm_acc"], "test_acc_drop": figures["test_acc_drop"]})
     return dict(sorted(attempts.items(), reverse=True)), rows
@@ -70,10 +71,11 @@ def summary_table(rows: Sequence[dict[str, Any]], params: dict[str, Any]) -> str
                                                                                    kv[0][2])):
         cell_params = {**dotted(params), "watermark.scheme": scheme, "data.adversary_fraction": fraction}
         below = sum(r["wm_acc"] <= r["threshold"] for r in group)
+        paper = paper_cell(references, scheme, model.partition("@")[0], fraction, cell_params)
         lines.append(
             f"| {scheme} | {100 * fraction:g}% | {model} | {mean_spread([r['test_acc'] for r in group], digits=2)} | "
             f"{mean_spread([r['test_acc_drop'] for r in group])} | {mean_spread([r['wm_acc'] for r in group])} | "
-            f"{below}/{len(group)} | {'<br>'.join(paper_cell(references, scheme, model, fraction, cell_params))} |")
+            f"{below}/{len(group)} | {'<br>'.join(paper)} |")
     thresholds: dict[tuple[str, float], list[float]] = {}
     detected: dict[tuple[str, float], list[bool]] = {}
     for row in rows:

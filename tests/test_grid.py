@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, small_params
-from wmbench.jobs import Job, run_jobs
+from wmbench.jobs import Job, longest_chains, run_jobs
 
 
 def test_jobs_wait_for_what_they_need_and_report_progress(tmp_path):
@@ -36,6 +36,24 @@ def test_a_job_waiting_for_an_unknown_one_is_refused_before_any_runs(tmp_path):
         run_jobs([Job("a", "time:sleep", (0.0,), str(tmp_path / "log"), after=("b",))], workers=1)
 
 
+def test_a_cheap_job_others_wait_for_starts_before_a_long_one(tmp_path):
+    log = str(tmp_path / "log")
+    jobs = [Job("long", "time:sleep", (0.0,), log, cost=10.0),
+            Job("prepare", "time:sleep", (0.0,), log, cost=1.0),
+            Job("train", "time:sleep", (0.0,), log, cost=20.0, after=("prepare",))]
+    assert longest_chains(jobs) == {"long": 10.0, "prepare": 21.0, "train": 20.0}
+    lines: list[str] = []
+    run_jobs(jobs, workers=1, say=lines.append)
+    assert [line.split("] ")[1].split(" in ")[0] for line in lines] == ["prepare", "train", "long"]
+
+
+def test_jobs_waiting_for_each_other_are_refused_before_any_runs(tmp_path):
+    log = str(tmp_path / "log")
+    with pytest.raises(ValueError, match="wait for each other"):
+        run_jobs([Job("a", "time:sleep", (0.0,), log, after=("b",)),
+                  Job("b", "time:sleep", (0.0,), log, after=("a",))], workers=1)
+
+
 def grid_params(folder: Path) -> Path:
     """Small digits params for a grid: few epochs everywhere, one clean model."""
     params = small_params(**{"train.epochs": 10, "vanilla.seeds": 1, "reconstruct.epochs": 20})
@@ -55,7 +73,8 @@ def grid_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("grid")
     params = grid_params(folder)
     grid.main(["--params", str(params), "--seed", "0", "--schemes", "content,square", "--fractions", "0.3",
-               "--methods", "finetune,laundering,scratch", "--jobs", "2", "--work", str(folder / "work"),
+               "--methods", "finetune,laundering,scratch", "--variants", "finetune@epochs=1+lr=0.001",
+               "--jobs", "2", "--work", str(folder / "work"),
                "--metrics", str(folder / "cells" / "seed0.json"), "--settings", str(folder / "settings.json")])
     (folder / "grid.yaml").write_text("seeds: [0]\n")
     verdict.main(["--params", str(params), "--grid", str(folder / "grid.yaml"), "--cells", str(folder / "cells"),
@@ -70,10 +89,23 @@ def test_grid_embeds_each_watermark_and_judges_every_removal(grid_run):
     for scheme in cells:
         cell = cells[scheme]["fraction_0_3"]
         assert cell["watermarked"]["wm_acc"] >= 0.9, f"{scheme} was not learned"
-        assert set(cell["attempts"]) == {"finetune", "laundering", "scratch"}
+        assert set(cell["attempts"]) == {"finetune", "laundering", "scratch", "finetune@epochs=1+lr=0.001"}
         assert cell["holdout_size"] > 0 and 0 <= cell["threshold"] < 0.5
         # scratch never saw a trigger: it is below the threshold, the watermarked model is far above it
         assert cell["attempts"]["scratch"]["wm_acc"] <= cell["threshold"] < cell["watermarked"]["wm_acc"]
+
+
+def test_a_variant_runs_its_method_at_its_own_settings(grid_run):
+    cell = grid_run / "work" / "square" / "0.3"
+    variant = yaml.safe_load((cell / "params@finetune@epochs=1+lr=0.001.yaml").read_text())
+    plain = yaml.safe_load((cell / "params.yaml").read_text())
+    assert variant["removal"]["finetune"]["epochs"] == 1 and variant["removal"]["finetune"]["lr"] == 0.001
+    assert plain["removal"]["finetune"]["epochs"] == 2
+    epochs = (cell / "remove" / "finetune@epochs=1+lr=0.001.csv").read_text().strip().splitlines()
+    assert len(epochs) - 1 == 1  # one epoch row under the header
+    # the verdict counts it as another setting of fine-tuning
+    rows = (grid_run / "plots" / "attempts.csv").read_text()
+    assert "finetune@epochs=1+lr=0.001" in rows
 
 
 def test_grid_trains_one_clean_model_for_every_watermark(grid_run):
@@ -115,6 +147,10 @@ def test_verdict_names_the_seed_whose_grid_has_not_run(grid_run, tmp_path, capsy
 @pytest.mark.parametrize(("args", "message"), [
     (["--methods", "finetune,no_such"], "no_such"),
     (["--fractions", "1.5"], "fractions lie in"),
+    (["--variants", "finetune@no_such=1"], "no key 'removal.finetune.no_such'"),
+    (["--variants", "finetune@beta=10"], "beta for WILD"),
+    (["--variants", "finetune"], "names no setting"),
+    (["--variants", "finetune@epochs=-1"], "--variants finetune@epochs=-1"),
 ])
 def test_grid_refuses_bad_input_before_any_work(tmp_path, capsys, args, message):
     from stages import grid

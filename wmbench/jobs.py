@@ -54,13 +54,36 @@ def run_job(job: Job, threads: int = 1) -> float:
     return time.perf_counter() - start
 
 
+def longest_chains(jobs: Sequence[Job]) -> dict[str, float]:
+    """Per job, its cost plus the costliest chain of jobs that wait on it (list scheduling's "bottom level"):
+    starting the longest chains first keeps a cheap job that others wait for from queueing behind long ones."""
+    waiting_on: dict[str, list[Job]] = {job.name: [] for job in jobs}
+    for job in jobs:
+        for name in job.after:
+            waiting_on.setdefault(name, []).append(job)
+    chain: dict[str, float] = {}
+
+    def measure(job: Job, seen: tuple[str, ...]) -> float:
+        if job.name in seen:
+            raise ValueError(f"jobs {[*seen, job.name]} wait for each other")
+        if job.name not in chain:
+            chain[job.name] = job.cost + max((measure(other, (*seen, job.name)) for other in waiting_on[job.name]),
+                                             default=0.0)
+        return chain[job.name]
+
+    for job in jobs:
+        measure(job, ())
+    return chain
+
+
 def run_jobs(jobs: Sequence[Job], workers: int, threads: int = 1,
              say: Callable[[str], None] = print) -> dict[str, float]:
     """Run ``jobs`` (each once its ``after`` jobs are done), ``workers`` at a time; seconds per job name.
 
-    Prints a line per finished job: how many are done, which are running, the
-    minutes so far and an estimate of those left (the cost guesses, scaled by
-    how long the finished jobs took against theirs). The first failure stops
+    Jobs start longest chain first (:func:`longest_chains`). Prints a line
+    per finished job: how many are done, which are running, the minutes so
+    far and an estimate of those left (the cost guesses, scaled by how long
+    the finished jobs took against theirs). The first failure stops
     the rest and is raised.
     """
     names = {job.name for job in jobs}
@@ -68,7 +91,8 @@ def run_jobs(jobs: Sequence[Job], workers: int, threads: int = 1,
         missing = [name for name in job.after if name not in names]
         if missing:
             raise ValueError(f"job {job.name} waits for {missing}, which are not in the list")
-    waiting = sorted(jobs, key=lambda j: -j.cost)
+    chain = longest_chains(jobs)
+    waiting = sorted(jobs, key=lambda j: -chain[j.name])
     done: dict[str, float] = {}
     running: dict[Future[float], Job] = {}
     start = time.perf_counter()
