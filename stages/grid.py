@@ -28,8 +28,10 @@ megabytes of splits and checkpoints); ``--metrics`` holds every figure the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,7 +70,11 @@ class Variant:
 
 
 def parse_variants(text: str) -> list[Variant]:
-    """``--variants``: comma-separated ``method@key=value[+key=value]``; each key must bear on its method."""
+    """``--variants``: comma-separated ``method@key=value[+key=value]``; each key must bear on its method.
+
+    Keys are sorted into one spelling (``lr=1+epochs=2`` is ``epochs=2+lr=1``)
+    and a value reads as YAML, or as a number where YAML 1.1 leaves a string
+    (``1e-3``)."""
     from wmbench.removal import REMOVALS
     from wmbench.sweep import WILD_METHODS
 
@@ -76,22 +82,31 @@ def parse_variants(text: str) -> list[Variant]:
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
+        if not re.fullmatch(r"[\w.=@+-]+", item):
+            raise ValueError(f"--variants {item!r}: use letters, digits and . _ - = @ + only (names become file names)")
         method, _, rest = item.partition("@")
         REMOVALS.get(method)
-        overrides = []
+        overrides: dict[str, Any] = {}
         for pair in rest.split("+") if rest else []:
             key, sep, value = pair.partition("=")
             if not sep or not key or "." in key or (key == "beta" and method not in WILD_METHODS):
                 raise ValueError(f"--variants {item!r}: write method@key=value[+key=value] with each key a param "
                                  f"of removal.{method} (or beta for WILD), e.g. wild_js@epochs=4")
-            overrides.append((key, yaml.safe_load(value)))
+            if key in overrides:
+                raise ValueError(f"--variants {item!r} sets {key} twice")
+            overrides[key] = _value(value)
         if not overrides:
             raise ValueError(f"--variants {item!r} names no setting; e.g. {method}@epochs=4")
-        variants.append(Variant(method, tuple(overrides)))
-    names = [v.name for v in variants]
-    if len(set(names)) != len(names):
-        raise ValueError(f"--variants {text!r} names a variant twice")
+        variants.append(Variant(method, tuple(sorted(overrides.items()))))
     return variants
+
+
+def _value(text: str) -> Any:
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -153,6 +168,30 @@ def variant_params(params: dict[str, Any], variant: Variant) -> dict[str, Any]:
     except ValueError as error:  # ParamsError too: say which variant
         raise type(error)(f"--variants {variant.name}: {error}") from error
     return params
+
+
+def check_variants(base: dict[str, Any], variants: Sequence[Variant]) -> dict[str, float]:
+    """Refuse a variant that repeats the params file's setting or another variant's; per variant, its epochs
+    against its method's in ``base`` (the cost guess's scale, at least 0.1; 1 without an ``epochs``)."""
+    from wmbench.params import parse_params
+
+    plain = parse_params(yaml.safe_load(yaml.safe_dump(base))).removal.settings
+    seen: dict[str, str] = {}
+    scales = {}
+    for variant in variants:
+        raw = variant_params(base, variant)
+        if variant.overrides:
+            if raw == base:
+                raise ValueError(f"--variants {variant.name}: params.yaml already runs {variant.method} so; "
+                                 "drop it or change a value")
+            key = yaml.safe_dump(raw, sort_keys=True)
+            if key in seen:
+                raise ValueError(f"--variants {variant.name} runs the same as {seen[key]}; drop one")
+            seen[key] = variant.name
+        mine = getattr(parse_params(raw).removal.settings[variant.method], "epochs", None)
+        own = getattr(plain[variant.method], "epochs", None)
+        scales[variant.name] = max(mine / own, 0.1) if mine is not None and own else 1.0
+    return scales
 
 
 def write_variant_params(cell_params: str, variant: Variant) -> str:
@@ -239,11 +278,11 @@ def judge(params_path: str, cell_folder: str, watermarked: str, clean: str, clea
 
 # ---- the plan ----------------------------------------------------------------------------------------------
 
-def plan(cells: Sequence[Cell], params_files: dict[str, str], variants: Sequence[Variant],
-         clean_seeds: Sequence[int], work: Path, epoch_images: int, epochs: dict[str, int]) -> list[Job]:
+def plan(cells: Sequence[Cell], params_files: dict[str, str], variants: Sequence[Variant], clean_seeds: Sequence[int],
+         work: Path, epoch_images: int, scales: dict[str, float] | None = None) -> list[Job]:
     """Every piece of the four steps, each waiting for what it reads. ``variants`` holds every removal, plain
-    methods included; a variant's params file is ``params@<name>.yaml`` beside its cell's. ``epochs`` (the
-    params' epochs per method) scales a variant's cost guess."""
+    methods included; ``params_files`` a params file per cell name and per ``"<cell> <variant>"``; ``scales``
+    (:func:`check_variants`) a variant's cost guess against its method's."""
     log = str(work / "stages.log")
     jobs: list[Job] = []
     first: dict[str, Cell] = {}
@@ -275,15 +314,13 @@ def plan(cells: Sequence[Cell], params_files: dict[str, str], variants: Sequence
         scale = max(cell.fraction / 0.1, 0.05)
         for variant in variants:
             method, name = variant.method, variant.name
-            params_file = params_files[cell.name]
-            if variant.overrides:
-                params_file = str(Path(params_file).with_name(f"params@{name}.yaml"))
+            params_file = params_files[f"{cell.name} {name}"] if variant.overrides else params_files[cell.name]
             common = ["--params", params_file, "--prepared", cell.path("prepared"), "--model", model]
             extra, after = [], ready
             if method == "laundering":
                 extra, after = ["--reconstruct", cell.path("reconstruct")], (*ready, f"reconstruct {cell.name}")
             cost = REMOVAL_COST.get(method, 100.0) * (1.0 if method == "refit" else scale)
-            cost *= dict(variant.overrides).get("epochs", epochs.get(method, 1)) / max(1, epochs.get(method, 1))
+            cost *= (scales or {}).get(name, 1.0)
             jobs.append(Job(f"remove {cell.name} {name}", "stages.grid:stage", (
                 "remove", [*common, "--method", method, "--out", cell.path("models", "removed", f"{name}.pt"),
                            "--metrics", cell.path("remove", f"{name}.json"),
@@ -353,22 +390,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ValueError(f"--schemes {args.schemes!r}, --methods {args.methods!r}, --fractions {args.fractions!r}: "
                          "each needs at least one value; fractions lie in (0, 1)")
     base = yaml.safe_load(Path(args.params).read_text())
-    for variant in variants:
-        variant_params(base, variant)
+    scales = check_variants(base, variants)
     work = Path(args.work)
     if work.exists():
         shutil.rmtree(work)
     cells = [Cell(scheme, fraction, work) for scheme in schemes for fraction in fractions]
     params_files = {cell.name: write_cell_params(base, cell, args.seed) for cell in cells}
-    for cell in cells:
-        for variant in variants:
-            if variant.overrides:
-                write_variant_params(params_files[cell.name], variant)
-    epochs = {name: int(block.get("epochs", 1)) for name, block in base["removal"].items() if isinstance(block, dict)}
+    params_files.update({f"{cell.name} {v.name}": write_variant_params(params_files[cell.name], v)
+                         for cell in cells for v in variants if v.overrides})
     clean_seeds = [args.seed + k for k in range(1, params.vanilla.seeds + 1)]
     timer = Timer()
 
-    jobs = plan(cells, params_files, variants, clean_seeds, work, params.reconstruct.epoch_images, epochs)
+    jobs = plan(cells, params_files, variants, clean_seeds, work, params.reconstruct.epoch_images, scales)
     print(f"grid: seed {args.seed}, {len(cells)} cells, {len(jobs)} pieces, {args.jobs} at once", flush=True)
     seconds = run_jobs(jobs, args.jobs, say=lambda line: print(f"grid: {line}", flush=True))
 

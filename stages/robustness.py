@@ -12,8 +12,10 @@ The owner's question, answered in the two steps of :mod:`wmbench.robustness`:
    against the clean models' threshold.
 
 One pipeline run is one seed with one setting per method: a small verdict.
-The same attempts from several seeds and settings (e.g. ``dvc exp run`` cells)
-feed :func:`wmbench.robustness.verdicts` for the full one.
+A removed model named ``<method>@<setting>`` (the ``grid`` stage's variants)
+counts as another setting of its method. The same attempts from several seeds
+and settings (e.g. ``dvc exp run`` cells) feed
+:func:`wmbench.robustness.verdicts` for the full one.
 """
 
 from __future__ import annotations
@@ -66,9 +68,10 @@ def judge_attempts(removed: dict[str, torch.nn.Module], watermarked: torch.nn.Mo
     """Step 1: the watermarked model's figures, and one :class:`Attempt` per removed model."""
     baseline = yardsticks.measure(watermarked)
     found = []
-    for method, model in removed.items():
+    for name, model in removed.items():
         scores = yardsticks.measure(model)
-        found.append(Attempt(scheme=scheme, method=method, setting="", seed=seed,
+        method, _, setting = name.partition("@")
+        found.append(Attempt(scheme=scheme, method=method, setting=setting, seed=seed,
                              estimated_drop=baseline["holdout_acc"] - scores["holdout_acc"],
                              proxy_wm_acc=scores["proxy_wm_acc"],
                              test_acc_drop=baseline["test_acc"] - scores["test_acc"], wm_acc=scores["wm_acc"],
@@ -85,7 +88,7 @@ def write_report(path: str, scheme: str, seed: int, yardsticks: Yardsticks, thre
              f"{100 * threshold:.1f} %.", "", report(judged), "",
              "| removal | held-out acc lost (points) | proxy retention % | test acc lost (points) | wm_acc % |",
              "|---|---|---|---|---|"]
-    lines += [f"| {a.method} | {100 * a.estimated_drop:.1f} | {100 * a.proxy_wm_acc:.1f} | "
+    lines += [f"| {a.label} | {100 * a.estimated_drop:.1f} | {100 * a.proxy_wm_acc:.1f} | "
               f"{100 * a.test_acc_drop:.1f} | {100 * a.wm_acc:.1f} |" for a in found]
     write_text_atomic(path, "\n".join(lines) + "\n")
 
@@ -130,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                          params.seed, threshold)
     judged = verdicts(found, params.robustness.budgets)
 
-    rows = [{"model": a.method, "holdout_acc_drop": round(a.estimated_drop, 6),
+    rows = [{"model": a.label, "holdout_acc_drop": round(a.estimated_drop, 6),
              "proxy_wm_acc": round(a.proxy_wm_acc, 6), "test_acc_drop": round(a.test_acc_drop, 6),
              "wm_acc": round(a.wm_acc, 6), "removed": a.removed} for a in found]
     metrics = {**to_metrics(judged), "threshold": threshold, "suspected_class": yardsticks.suspected,

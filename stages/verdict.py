@@ -71,7 +71,8 @@ def summary_table(rows: Sequence[dict[str, Any]], params: dict[str, Any]) -> str
                                                                                    kv[0][2])):
         cell_params = {**dotted(params), "watermark.scheme": scheme, "data.adversary_fraction": fraction}
         below = sum(r["wm_acc"] <= r["threshold"] for r in group)
-        paper = paper_cell(references, scheme, model.partition("@")[0], fraction, cell_params)
+        # the papers ran each method at one setting: their numbers sit beside our plain method only
+        paper = [] if "@" in model else paper_cell(references, scheme, model, fraction, cell_params)
         lines.append(
             f"| {scheme} | {100 * fraction:g}% | {model} | {mean_spread([r['test_acc'] for r in group], digits=2)} | "
             f"{mean_spread([r['test_acc_drop'] for r in group])} | {mean_spread([r['wm_acc'] for r in group])} | "

@@ -49,9 +49,50 @@ def test_a_cheap_job_others_wait_for_starts_before_a_long_one(tmp_path):
 
 def test_jobs_waiting_for_each_other_are_refused_before_any_runs(tmp_path):
     log = str(tmp_path / "log")
+    jobs = [Job("a", "time:sleep", (0.0,), log, after=("b",)), Job("b", "time:sleep", (0.0,), log, after=("a",)),
+            Job("c", "time:sleep", (0.0,), log)]
+    with pytest.raises(ValueError, match=r"\['a', 'b'\] wait for each other"):
+        longest_chains(jobs)
     with pytest.raises(ValueError, match="wait for each other"):
-        run_jobs([Job("a", "time:sleep", (0.0,), log, after=("b",)),
-                  Job("b", "time:sleep", (0.0,), log, after=("a",))], workers=1)
+        run_jobs(jobs, workers=1)
+    assert not Path(log).exists()  # not even c ran
+
+
+def test_a_long_chain_of_jobs_is_ordered_without_recursion():
+    jobs = [Job(f"j{k}", "time:sleep", (0.0,), "log", cost=1.0, after=(f"j{k - 1}",) if k else ())
+            for k in range(5000)]
+    chains = longest_chains(jobs)
+    assert chains["j0"] == 5000.0 and chains["j4999"] == 1.0
+
+
+def test_variants_are_spelled_one_way_and_read_numbers_as_numbers():
+    from stages.grid import parse_variants
+
+    (variant,) = parse_variants("finetune@lr=1e-3+epochs=2")
+    assert variant.name == "finetune@epochs=2+lr=0.001" and variant.overrides == (("epochs", 2), ("lr", 0.001))
+    assert variant.settings() == [("removal.finetune.epochs", 2), ("removal.finetune.lr", 0.001)]
+    assert parse_variants("wild_js@beta=10")[0].settings() == [("beta", 10)]
+
+
+def test_variants_scale_their_cost_by_their_epochs(tmp_path):
+    from stages.grid import Variant, check_variants, parse_variants
+
+    base = yaml.safe_load(grid_params(tmp_path).read_text())
+    scales = check_variants(base, [Variant("finetune"), *parse_variants("finetune@epochs=1,prune@epochs=0")])
+    assert scales == {"finetune": 1.0, "finetune@epochs=1": 0.5, "prune@epochs=0": 0.1}
+
+
+def test_the_verdict_reads_a_variant_as_a_setting_of_its_method():
+    from stages.verdict import gather
+
+    figures = {"holdout_acc_drop": 0.01, "proxy_wm_acc": 0.1, "test_acc_drop": 0.02, "wm_acc": 0.05,
+               "test_acc": 0.9}
+    cell = {"adversary_fraction": 0.1, "threshold": 0.1, "target_detected": True,
+            "watermarked": {"test_acc": 0.92, "wm_acc": 1.0, "proxy_wm_acc": 1.0},
+            "attempts": {"wild_js": figures, "wild_js@epochs=4": figures}}
+    attempts, rows = gather([{"seed": 0, "cells": {"square": {"fraction_0_1": cell}}}])
+    assert sorted((a.method, a.setting) for a in attempts[0.1]) == [("wild_js", ""), ("wild_js", "epochs=4")]
+    assert {row["model"] for row in rows} == {"watermarked", "wild_js", "wild_js@epochs=4"}
 
 
 def grid_params(folder: Path) -> Path:
@@ -151,6 +192,10 @@ def test_verdict_names_the_seed_whose_grid_has_not_run(grid_run, tmp_path, capsy
     (["--variants", "finetune@beta=10"], "beta for WILD"),
     (["--variants", "finetune"], "names no setting"),
     (["--variants", "finetune@epochs=-1"], "--variants finetune@epochs=-1"),
+    (["--variants", "finetune@lr=0.1+lr=0.2"], "sets lr twice"),
+    (["--variants", "finetune@epochs=2"], "already runs finetune so"),
+    (["--variants", "finetune@epochs=1+lr=0.1,finetune@lr=0.1+epochs=1"], "runs the same as"),
+    (["--variants", "finetune@lr=0.1/2"], "letters, digits"),
 ])
 def test_grid_refuses_bad_input_before_any_work(tmp_path, capsys, args, message):
     from stages import grid

@@ -51,7 +51,7 @@ def test_removed_only_when_every_seed_is_below_its_threshold():
     (verdict,) = verdicts(attempts, budgets=[0.01])
     assert not verdict.removed and verdict.text == "survives 1 point"
     (verdict,) = verdicts(attempts[:2], budgets=[0.01])
-    assert verdict.removed and verdict.text == "removed within 1 point, by wild_js beta=1"
+    assert verdict.removed and verdict.text == "removed within 1 point, by wild_js@beta=1"
 
 
 def test_a_seed_with_nothing_in_budget_survives():
@@ -74,7 +74,7 @@ def test_verdict_per_scheme_and_budget_with_mean_and_spread():
     assert all("." not in key for scheme in metrics.values() for key in scheme)
     table = report(found)
     assert table.count("\n") == 2 + len(found) - 1
-    assert "| square | 1 | wild_js beta=1 | 2.0 ± 1.0 | 3.0 ± 1.0 | 1/2 |" in table
+    assert "| square | 1 | wild_js@beta=1 | 2.0 ± 1.0 | 3.0 ± 1.0 | 1/2 |" in table
 
 
 def test_budgets_are_fractions():

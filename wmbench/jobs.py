@@ -25,7 +25,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Job:
     """``module:function(*args)``, its printing appended to ``log``; ``cost`` a guess at its seconds (for the
-    estimate of the time left, and to start the longest first); ``after`` names jobs it needs finished."""
+    estimate of the time left, and to start the longest chain first); ``after`` names jobs it needs finished."""
 
     name: str
     function: str  # "package.module:function"
@@ -57,22 +57,23 @@ def run_job(job: Job, threads: int = 1) -> float:
 def longest_chains(jobs: Sequence[Job]) -> dict[str, float]:
     """Per job, its cost plus the costliest chain of jobs that wait on it (list scheduling's "bottom level"):
     starting the longest chains first keeps a cheap job that others wait for from queueing behind long ones."""
-    waiting_on: dict[str, list[Job]] = {job.name: [] for job in jobs}
+    waiting_on: dict[str, list[str]] = {job.name: [] for job in jobs}
+    blockers = {job.name: len(set(job.after)) for job in jobs}
     for job in jobs:
-        for name in job.after:
-            waiting_on.setdefault(name, []).append(job)
+        for name in set(job.after):
+            waiting_on.setdefault(name, []).append(job.name)
+    order = [job.name for job in jobs if not blockers[job.name]]  # Kahn's order: each after what it waits for
+    for name in order:
+        for other in waiting_on[name]:
+            blockers[other] -= 1
+            if not blockers[other]:
+                order.append(other)
+    if len(order) < len(jobs):
+        raise ValueError(f"jobs {sorted(n for n, k in blockers.items() if k)} wait for each other")
+    cost = {job.name: job.cost for job in jobs}
     chain: dict[str, float] = {}
-
-    def measure(job: Job, seen: tuple[str, ...]) -> float:
-        if job.name in seen:
-            raise ValueError(f"jobs {[*seen, job.name]} wait for each other")
-        if job.name not in chain:
-            chain[job.name] = job.cost + max((measure(other, (*seen, job.name)) for other in waiting_on[job.name]),
-                                             default=0.0)
-        return chain[job.name]
-
-    for job in jobs:
-        measure(job, ())
+    for name in reversed(order):
+        chain[name] = cost[name] + max((chain[other] for other in waiting_on[name]), default=0.0)
     return chain
 
 

@@ -56,7 +56,8 @@ class Attempt:
 
     @property
     def label(self) -> str:
-        return f"{self.method} {self.setting}".strip()
+        """``method@setting``, as the grid stage names a variant's model; the method alone at its own setting."""
+        return f"{self.method}@{self.setting}" if self.setting else self.method
 
     @property
     def removed(self) -> bool:
