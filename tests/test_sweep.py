@@ -135,7 +135,7 @@ def test_collect_attempts_labels_the_varied_setting_and_keeps_shared_runs_once()
     from wmbench.robustness import verdicts
 
     by_budget = {v.budget: v for v in verdicts(found)}
-    assert by_budget[0.005].method == "wild_js beta=1.0" and by_budget[0.005].removed
+    assert by_budget[0.005].method == "wild_js@beta=1.0" and by_budget[0.005].removed
     assert by_budget[0.02].picks[0].setting == "beta=10.0"
     assert not by_budget[0.02].removed  # its pick lost 5 points on the test set: over the budget
 
