@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-MODULES = ("scripts.aiken_results", "scripts.wild_results", "scripts.sweep", "bench.wild_grid", "bench.stage_speed",
-           "bench.train_speed", "bench.threads", "bench.reconstruct_speed", "stages.grid", "stages.verdict")
+MODULES = ("scripts.aiken_results", "scripts.wild_results", "scripts.sweep", "scripts.rmsprop_probe", "bench.wild_grid",
+           "bench.stage_speed", "bench.train_speed", "bench.threads", "bench.reconstruct_speed", "stages.grid",
+           "stages.verdict")
 
 
 @pytest.mark.parametrize("name", MODULES)
