@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from wmbench.files import read_json, write_csv_atomic
     from wmbench.jobs import Job, run_jobs
+    from wmbench.verdict import fraction_key
 
     seed_work = EXPERIMENT / "work" / f"seed{args.seed}"
     if not seed_work.is_dir():
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cells = read_json(EXPERIMENT / "cells" / f"seed{args.seed}.json")["cells"]
     rows = []
     for scheme, fraction, method in RUNS:
-        cell = cells[scheme][f"fraction_{fraction.replace('.', '_')}"]
+        cell = cells[scheme][fraction_key(float(fraction))]
         marked, grid = cell["watermarked"], cell["attempts"][method]
         probe = read_json(Path(args.work) / scheme / fraction / method / "metrics.json")
         base = {"seed": args.seed, "scheme": scheme, "adversary_fraction": float(fraction), "method": method,

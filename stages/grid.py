@@ -156,18 +156,18 @@ def write_cell_params(base: dict[str, Any], cell: Cell, seed: int) -> str:
     return str(path)
 
 
-def variant_params(params: dict[str, Any], variant: Variant) -> dict[str, Any]:
-    """``params`` (nested) with the variant's settings, validated: a bad value fails here, before any work."""
+def variant_params(params: dict[str, Any], variant: Variant) -> tuple[dict[str, Any], Any]:
+    """``params`` (nested) with the variant's settings, and the parsed :class:`wmbench.params.Params`: a bad
+    value fails here, before any work."""
     from wmbench.params import parse_params
 
     params = yaml.safe_load(yaml.safe_dump(params))
     for key, value in variant.settings():
         set_dotted(params, key, value)
     try:
-        parse_params(params)
+        return params, parse_params(params)
     except ValueError as error:  # ParamsError too: say which variant
         raise type(error)(f"--variants {variant.name}: {error}") from error
-    return params
 
 
 def check_variants(base: dict[str, Any], variants: Sequence[Variant]) -> dict[str, float]:
@@ -177,20 +177,20 @@ def check_variants(base: dict[str, Any], variants: Sequence[Variant]) -> dict[st
 
     plain = parse_params(yaml.safe_load(yaml.safe_dump(base))).removal.settings
     seen: dict[str, str] = {}
-    scales = {}
-    for variant in variants:
-        raw = variant_params(base, variant)
-        if variant.overrides:
-            if raw == base:
-                raise ValueError(f"--variants {variant.name}: params.yaml already runs {variant.method} so; "
-                                 "drop it or change a value")
-            key = yaml.safe_dump(raw, sort_keys=True)
-            if key in seen:
-                raise ValueError(f"--variants {variant.name} runs the same as {seen[key]}; drop one")
-            seen[key] = variant.name
-        mine = getattr(parse_params(raw).removal.settings[variant.method], "epochs", None)
+    scales = {variant.name: 1.0 for variant in variants}
+    for variant in (v for v in variants if v.overrides):
+        raw, parsed = variant_params(base, variant)
+        if raw == base:
+            raise ValueError(f"--variants {variant.name}: params.yaml already runs {variant.method} so; "
+                             "drop it or change a value")
+        key = yaml.safe_dump(raw, sort_keys=True)
+        if key in seen:
+            raise ValueError(f"--variants {variant.name} runs the same as {seen[key]}; drop one")
+        seen[key] = variant.name
+        mine = getattr(parsed.removal.settings[variant.method], "epochs", None)
         own = getattr(plain[variant.method], "epochs", None)
-        scales[variant.name] = max(mine / own, 0.1) if mine is not None and own else 1.0
+        if mine is not None and own:
+            scales[variant.name] = max(mine / own, 0.1)
     return scales
 
 
@@ -198,7 +198,7 @@ def write_variant_params(cell_params: str, variant: Variant) -> str:
     """The cell's params with the variant's settings, beside the cell's (``params@<name>.yaml``); its path."""
     path = Path(cell_params)
     out = path.with_name(f"params@{variant.name}.yaml")
-    out.write_text(yaml.safe_dump(variant_params(yaml.safe_load(path.read_text()), variant), sort_keys=False))
+    out.write_text(yaml.safe_dump(variant_params(yaml.safe_load(path.read_text()), variant)[0], sort_keys=False))
     return str(out)
 
 

@@ -33,7 +33,7 @@ from wmbench.precision import autocast, channels_last_model, channels_last_prepa
 from wmbench.prepared import load_prepared
 from wmbench.proxy import adversary_holdout, proxy_retention, suspected_class
 from wmbench.reconstruct import Reconstruction, load_reconstruction
-from wmbench.robustness import Attempt, Verdict, frontier, picks, report, to_metrics, verdicts
+from wmbench.robustness import Attempt, Verdict, frontier, picks, report, split_label, to_metrics, verdicts
 from wmbench.stage import (
     SETTINGS_HELP,
     Timer,
@@ -70,7 +70,7 @@ def judge_attempts(removed: dict[str, torch.nn.Module], watermarked: torch.nn.Mo
     found = []
     for name, model in removed.items():
         scores = yardsticks.measure(model)
-        method, _, setting = name.partition("@")
+        method, setting = split_label(name)
         found.append(Attempt(scheme=scheme, method=method, setting=setting, seed=seed,
                              estimated_drop=baseline["holdout_acc"] - scores["holdout_acc"],
                              proxy_wm_acc=scores["proxy_wm_acc"],

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from wmbench.files import read_json, write_csv_atomic, write_json_atomic, write_text_atomic
-from wmbench.robustness import Attempt
+from wmbench.robustness import Attempt, split_label
 from wmbench.stage import SETTINGS_HELP, run_stage, stage_parser, writing_outputs
 from wmbench.sweep import dotted, paper_cell, paper_references
 from wmbench.verdict import fraction_key, judge_fractions, mean_spread
@@ -46,7 +46,7 @@ def gather(seeds: Sequence[dict[str, Any]]) -> tuple[dict[float, list[Attempt]],
                              "wm_acc": marked["wm_acc"], "holdout_acc_drop": 0.0,
                              "proxy_wm_acc": marked["proxy_wm_acc"], "test_acc_drop": 0.0})
                 for model, figures in sorted(cell["attempts"].items()):
-                    method, _, setting = model.partition("@")  # a variant: method@key=value (stages.grid)
+                    method, setting = split_label(model)  # a variant: method@key=value (stages.grid)
                     attempts.setdefault(fraction, []).append(Attempt(
                         scheme=scheme, method=method, setting=setting, seed=seed,
                         estimated_drop=figures["holdout_acc_drop"], proxy_wm_acc=figures["proxy_wm_acc"],
@@ -72,7 +72,7 @@ def summary_table(rows: Sequence[dict[str, Any]], params: dict[str, Any]) -> str
         cell_params = {**dotted(params), "watermark.scheme": scheme, "data.adversary_fraction": fraction}
         below = sum(r["wm_acc"] <= r["threshold"] for r in group)
         # the papers ran each method at one setting: their numbers sit beside our plain method only
-        paper = [] if "@" in model else paper_cell(references, scheme, model, fraction, cell_params)
+        paper = [] if split_label(model)[1] else paper_cell(references, scheme, model, fraction, cell_params)
         lines.append(
             f"| {scheme} | {100 * fraction:g}% | {model} | {mean_spread([r['test_acc'] for r in group], digits=2)} | "
             f"{mean_spread([r['test_acc_drop'] for r in group])} | {mean_spread([r['wm_acc'] for r in group])} | "

@@ -64,6 +64,12 @@ class Attempt:
         return self.wm_acc <= self.threshold
 
 
+def split_label(label: str) -> tuple[str, str]:
+    """``(method, setting)`` of an :attr:`Attempt.label` (a removed model's name): its inverse."""
+    method, _, setting = label.partition("@")
+    return method, setting
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The adversary's picks for one watermark and budget, one per seed (None: nothing fit the budget)."""
