@@ -121,6 +121,23 @@ def test_wild_lowers_watermark_retention_and_keeps_accuracy(name, watermarked):
     assert end["test_acc"] >= start["test_acc"] - 0.1, (start, end)
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_wild_lr_schedule_is_the_papers_constant_or_anneals(schedule, watermarked):
+    prepared, params, model, _ = watermarked
+    data = adversary_view(prepared, params, torch.device("cpu"))
+    settings = dataclasses.replace(params.removal.settings["wild_ce"], epochs=3, lr_schedule=schedule)
+    lrs = [r["lr"] for r in create_removal("wild_ce", settings).remove(model, data).history]
+    if schedule == "constant":  # WILD Sec. IV-A
+        assert lrs == [settings.lr] * 3
+    else:  # cosine: from lr down, a quarter of lr in the last of three epochs
+        assert lrs[0] == pytest.approx(settings.lr) and lrs[2] == pytest.approx(settings.lr / 4)
+
+
+def test_unknown_wild_lr_schedule_names_the_valid_ones():
+    with pytest.raises(ParamsError, match=r"removal\.wild_js\.lr_schedule.*'step'.*constant.*cosine"):
+        parse_params(small_params(removal={"wild_js": {"lr_schedule": "step"}}))
+
+
 # WILD Table I, MNIST: the paper's beta for each divergence (params.yaml's default beta, 1, is JS's)
 PAPER_BETA = {"wild_ce": 0.1, "wild_js": 1.0}
 OLD_G = {"feature_normalization": "none", "feature_temperature": 1.0}  # plain softmax of the raw features
