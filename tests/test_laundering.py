@@ -248,3 +248,5 @@ def test_first_round_uses_the_given_reconstruction_and_masks_get_their_share(wat
     training = retraining_set(data.adversary, found, range(10), least_likely=4, mask_share=0.25)
     masks = len(training) - 11 * len(data.adversary)
     assert masks == round(len(training) * 0.25) and (training.labels[-masks:] == 4).all()
+    flagged = retraining_set(data.adversary, found, [0], least_likely=4, mask_share=0.25)  # retrain_triggers: flagged
+    assert len(flagged) - round(len(flagged) * 0.25) == 2 * len(data.adversary)
