@@ -238,14 +238,16 @@ def plot_robustness_frontier(
     threshold: float,
     path: str | os.PathLike[str],
     title: str = "What each removal costs and leaves",
+    threshold_label: str = "ownership threshold",
 ) -> None:
     """Retention against test-accuracy loss, one line per method (its settings no other beats on both).
 
     ``curves``: :func:`wmbench.robustness.frontier`'s (drop, wm_acc, setting)
     per method; ``picks``: per budget, the adversary's pick as (mean drop,
     mean wm_acc, label) or None. Budgets are vertical lines, the ownership
-    threshold a horizontal one: a pick below it and left of its budget removes
-    the watermark within that budget.
+    threshold a horizontal one (``threshold_label`` names it: over several
+    seeds, the highest seed's): a pick below it and left of its budget
+    removes the watermark within that budget.
     """
     figure = Figure(figsize=(8, 5))
     axes = figure.subplots()
@@ -264,7 +266,7 @@ def plot_robustness_frontier(
         axes.annotate(f"pick within {within} pt: {label}", (100 * drop, 100 * wm), textcoords="offset points",
                       xytext=(8, -12), fontsize=7)
     axes.axhline(100 * threshold, color="tab:red", ls="--", lw=1.2,
-                 label=f"ownership threshold {100 * threshold:.1f}%")
+                 label=f"{threshold_label} {100 * threshold:.1f}%")
     axes.set_xlabel("test accuracy lost (points)")
     axes.set_ylabel("watermark retention (%)")
     axes.set_ylim(-4, 108)

@@ -36,7 +36,8 @@ def judge_fractions(attempts: Mapping[float, Sequence[Attempt]], plots: Path, pr
             plot_robustness_frontier(
                 frontier(mine), picks([v for v in judged if v.scheme == scheme]),
                 max(a.threshold for a in mine), plots / f"{prefix}{scheme}_{fraction:g}.png",
-                f"Removing the {scheme} watermark ({fraction:g} of the data), means over {seeds} seed(s)")
+                f"Removing the {scheme} watermark ({fraction:g} of the data), means over {seeds} seed(s)",
+                "ownership threshold" if seeds == 1 else "highest seed's ownership threshold")
     return "\n\n".join(parts), metrics
 
 
