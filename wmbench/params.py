@@ -97,6 +97,10 @@ class ModelParams:
         _check_path("model.checkpoint", self.checkpoint)
 
 
+# the learning-rate schedules of wmbench.training.make_scheduler, for every params block that trains
+LrSchedule = Literal["constant", "cosine"]
+
+
 @dataclass
 class TrainParams:
     """Embedding (and clean) training: WILD Sec. IV-A trains with RMSprop at lr 0.004."""
@@ -105,7 +109,7 @@ class TrainParams:
     batch_size: int = 64
     optimizer: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
     lr: float = 0.004  # initial lr
-    lr_schedule: Literal["cosine", "constant"] = "cosine"  # cosine: anneal to 0 over the run
+    lr_schedule: LrSchedule = "cosine"  # cosine: anneal to 0 over the run
     momentum: float = 0.0  # sgd and rmsprop only
     weight_decay: float = 0.0
     pretrain_epochs: int = 10  # clean epochs before embedding when watermark.embedding=pretrained

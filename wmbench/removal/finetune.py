@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import nn
 
+from wmbench.params import LrSchedule
 from wmbench.removal.base import REMOVALS, Removal, RemovalData, RemovalResult, TrainingSettings, copy_model
 from wmbench.seeding import derive_seed, seeded_init
 from wmbench.training import fit, make_optimizer, make_scheduler
@@ -33,7 +33,7 @@ class FinetuneParams(TrainingSettings):
     epochs: int = 20
     batch_size: int = 32
     lr: float = 0.0004
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: LrSchedule = "constant"
 
 
 @dataclass

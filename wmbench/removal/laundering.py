@@ -23,6 +23,7 @@ from wmbench.activations import (
     mean_activations,
     select_units,
 )
+from wmbench.params import LrSchedule
 from wmbench.removal.base import REMOVALS, Removal, RemovalData, RemovalResult, TrainingSettings, copy_model
 from wmbench.training import DeviceData, fit, make_optimizer, make_scheduler
 
@@ -98,7 +99,7 @@ class LaunderingParams(TrainingSettings):
     batch_size: int = 64
     optimizer: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
     lr: float = 0.001
-    lr_schedule: Literal["cosine", "constant"] = "cosine"  # per round
+    lr_schedule: LrSchedule = "cosine"  # per round
     rounds: int = 1
     dense_threshold: float = 2.0  # DT
     conv_threshold: float = 1.0  # CT, on the channel's reduced difference

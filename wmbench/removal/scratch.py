@@ -8,10 +8,10 @@ the same (limited) dataset".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import nn
 
+from wmbench.params import LrSchedule
 from wmbench.removal.base import REMOVALS, Removal, RemovalData, RemovalResult, TrainingSettings, copy_model
 from wmbench.removal.finetune import reinitialise, tune
 from wmbench.seeding import derive_seed
@@ -30,7 +30,7 @@ class ScratchParams(TrainingSettings):
     epochs: int = 40
     batch_size: int = 32
     lr: float = 0.004
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    lr_schedule: LrSchedule = "cosine"
 
 
 @REMOVALS.register("scratch")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wmbench.augment import EraseFill, random_erasing
+from wmbench.params import LrSchedule
 from wmbench.removal.base import REMOVALS, Removal, RemovalData, RemovalResult, TrainingSettings, copy_model
 from wmbench.seeding import derive_seed, seeded_init
 from wmbench.training import fit, make_optimizer, make_scheduler
@@ -72,7 +73,7 @@ class WildParams(TrainingSettings):
     epochs: int = 12
     batch_size: int = 8
     lr: float = 0.001
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: LrSchedule = "constant"
     beta: float = 1.0
     copies: int = 10
     erase_fill: EraseFill = "uniform"
