@@ -27,19 +27,26 @@ from pathlib import Path
 EXPERIMENT = Path("experiments/fashion_mnist")
 NOISE = Path("results/laundering_noise")  # the noise grid's cells, one JSON a seed (committed)
 SEEDS = (0, 1, 2)
-NOISE_VARIANTS = ("laundering@retrain_triggers=flagged,laundering@conv_threshold=2+dense_threshold=4,"
-                  "laundering@conv_threshold=2+dense_threshold=4+retrain_triggers=flagged")
 COLUMNS = ("scheme", "seed", "adversary_fraction", "setting", "target_detected", "flagged", "threshold",
            "test_acc_watermarked", "test_acc", "wm_acc", "holdout_acc_drop", "removed", "seconds")
 
 
+def laundering_variants() -> str:
+    """The experiment's ``laundering@...`` variants (its grid.yaml), comma-separated as ``stages.grid`` takes them."""
+    import yaml
+
+    variants = yaml.safe_load((EXPERIMENT / "grid.yaml").read_text())["variants"].split(",")
+    return ",".join(v for v in variants if v.startswith("laundering@"))
+
+
 def run_noise(seeds: Sequence[int], jobs: int, work: Path) -> None:
     """The experiment's grid stage on ``noise`` for each seed: Laundering and its variants, 10 % and 0.6 %."""
+    variants = laundering_variants()
     for seed in seeds:
         subprocess.run([
             sys.executable, "-m", "stages.grid", "--params", str(EXPERIMENT / "params.yaml"), "--seed", str(seed),
             "--schemes", "noise", "--fractions", "0.1,0.006", "--methods", "laundering",
-            f"--variants={NOISE_VARIANTS}", "--jobs", str(jobs), "--work", str(work / f"seed{seed}"),
+            f"--variants={variants}", "--jobs", str(jobs), "--work", str(work / f"seed{seed}"),
             "--metrics", str(NOISE / f"seed{seed}.json")], check=True)
 
 
