@@ -13,6 +13,10 @@ watermark (Issue 14, :mod:`wmbench.robustness`):
 3. **The summary table**: every model's test accuracy and retention, mean and
    spread over seeds, with the papers' MNIST numbers for the same protocol
    (:func:`wmbench.sweep.paper_cell`).
+4. **The yardstick's error**: per method, how far the held-out slice's loss
+   was from the test set's, afterwards. The slice is part of the owner's
+   training set, so a removal that wipes what the owner's model memorised
+   looks costlier to the adversary than it is, and one that keeps it does not.
 """
 
 from __future__ import annotations
@@ -91,6 +95,26 @@ def summary_table(rows: Sequence[dict[str, Any]], params: dict[str, Any]) -> str
     return "\n".join(lines)
 
 
+def yardstick_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown: per fraction and method (its variants pooled), held-out minus test points lost, mean ± spread.
+
+    Measured after the adversary chose, over every scheme, seed and setting;
+    positive: the held-out slice overstated the cost.
+    """
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["model"] != "watermarked":
+            groups.setdefault((row["adversary_fraction"], split_label(row["model"])[0]), []).append(row)
+    lines = ["| adversary data | method | held-out points lost | test points lost | held-out minus test | models |",
+             "|---|---|---|---|---|---|"]
+    for (fraction, method), group in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        lines.append(
+            f"| {100 * fraction:g}% | {method} | {mean_spread([r['holdout_acc_drop'] for r in group])} | "
+            f"{mean_spread([r['test_acc_drop'] for r in group])} | "
+            f"{mean_spread([r['holdout_acc_drop'] - r['test_acc_drop'] for r in group])} | {len(group)} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__, "verdict")
     parser.add_argument("--cells", default="cells", help="folder of the grid stage's metrics, seed<k>.json per seed")
@@ -124,7 +148,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{100 * holdout:g} % and Neural Cleanse's trigger for the class it suspects; test accuracy and the "
             "owner's trigger set are measured after it chose. A watermark is removed within N points only when "
             "every seed's pick is below that seed's ownership threshold and lost at most N points on the test set.",
-            tables, "## Every model, mean ± spread over seeds, beside the papers", summary_table(rows, raw)])
+            tables, "## Every model, mean ± spread over seeds, beside the papers", summary_table(rows, raw),
+            "## How far the adversary's held-out slice misjudged each method's cost",
+            "Held-out points lost minus test points lost, every scheme, seed and setting of a method, measured "
+            "after the adversary chose. The slice is part of the owner's training set: a removal that wipes what "
+            "the owner's model memorised looks costlier on it than it is, so the adversary's choice leans towards "
+            "the removals that change the model least.",
+            yardstick_table(rows)])
         write_text_atomic(args.report, text + "\n")
         write_json_atomic(args.metrics, {**metrics, "seeds": len(seeds)})
         write_csv_atomic(plots / "attempts.csv", rows)

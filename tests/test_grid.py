@@ -95,6 +95,22 @@ def test_the_verdict_reads_a_variant_as_a_setting_of_its_method():
     assert {row["model"] for row in rows} == {"watermarked", "wild_js", "wild_js@epochs=4"}
 
 
+def test_the_verdict_reports_how_far_the_held_out_slice_misjudged_each_method():
+    from stages.verdict import yardstick_table
+
+    def row(model, holdout, test, fraction=0.1):
+        return {"model": model, "adversary_fraction": fraction, "holdout_acc_drop": holdout, "test_acc_drop": test}
+
+    table = yardstick_table([row("watermarked", 0.0, 0.0), row("finetune", 0.01, 0.01),
+                             row("laundering", 0.05, 0.02), row("laundering@epochs=4", 0.04, 0.02),
+                             row("laundering", 0.10, 0.05, fraction=0.006)])
+    lines = table.splitlines()
+    assert lines[2] == "| 10% | finetune | 1.0 ± 0.0 | 1.0 ± 0.0 | 0.0 ± 0.0 | 1 |"
+    assert lines[3] == "| 10% | laundering | 4.5 ± 0.5 | 2.0 ± 0.0 | 2.5 ± 0.5 | 2 |"  # variants pooled
+    assert lines[4] == "| 0.6% | laundering | 10.0 ± 0.0 | 5.0 ± 0.0 | 5.0 ± 0.0 | 1 |"
+    assert len(lines) == 5  # the watermarked model is no method
+
+
 def grid_params(folder: Path) -> Path:
     """Small digits params for a grid: few epochs everywhere, one clean model."""
     params = small_params(**{"train.epochs": 10, "vanilla.seeds": 1, "reconstruct.epochs": 20})
@@ -171,6 +187,7 @@ def test_verdict_answers_every_watermark_at_every_budget(grid_run):
     assert "## Adversary fraction 0.3" in report and "beside the papers" in report
     assert (grid_run / "plots" / "frontier_square_0.3.png").stat().st_size > 0
     assert "Laundering Tab. 2" in report  # the content row is Laundering's protocol
+    assert "held-out slice misjudged" in report and "| 30% | laundering |" in report
 
 
 def test_verdict_names_the_seed_whose_grid_has_not_run(grid_run, tmp_path, capsys):
