@@ -49,10 +49,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for scheme in SCHEMES:
             for fraction in FRACTIONS:
                 cell = seed_work / scheme / fraction
+                params = yaml.safe_load((cell / "params.yaml").read_text())
                 for epochs in EPOCHS:
                     out = Path(args.work) / f"seed{seed}" / scheme / fraction / f"flagged-{epochs}"
                     out.mkdir(parents=True, exist_ok=True)
-                    params = yaml.safe_load((cell / "params.yaml").read_text())
                     params["removal"]["laundering"].update(retrain_triggers="flagged", epochs=epochs)
                     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
                     jobs.append(Job(f"seed{seed} {scheme}-{fraction} flagged epochs={epochs}", "stages.grid:stage", (
@@ -67,10 +67,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_jobs(jobs, args.jobs, say=print)
 
     rows, grids = [], {}
+    cells = {seed: read_json(EXPERIMENT / "cells" / f"seed{seed}.json")["cells"] for seed in args.seeds}
     for seed, scheme, fraction, epochs, out in runs:
         if (seed, scheme, fraction) not in grids:
-            cells = read_json(EXPERIMENT / "cells" / f"seed{seed}.json")["cells"]
-            cell = cells[scheme][fraction_key(float(fraction))]
+            cell = cells[seed][scheme][fraction_key(float(fraction))]
             grids[seed, scheme, fraction] = cell
             for name, setting in (("laundering", "all, epochs=8"),
                                   ("laundering@retrain_triggers=flagged", "flagged, epochs=8")):

@@ -35,8 +35,10 @@ def laundering_variants() -> str:
     """The experiment's ``laundering@...`` variants (its grid.yaml), comma-separated as ``stages.grid`` takes them."""
     import yaml
 
-    variants = yaml.safe_load((EXPERIMENT / "grid.yaml").read_text())["variants"].split(",")
-    return ",".join(v for v in variants if v.startswith("laundering@"))
+    from stages.grid import parse_variants
+
+    variants = parse_variants(yaml.safe_load((EXPERIMENT / "grid.yaml").read_text())["variants"])
+    return ",".join(v.name for v in variants if v.method == "laundering")
 
 
 def run_noise(seeds: Sequence[int], jobs: int, work: Path) -> None:
@@ -53,13 +55,14 @@ def run_noise(seeds: Sequence[int], jobs: int, work: Path) -> None:
 def rows_from(cells_file: Path) -> list[dict]:
     """One row per Laundering run (plain or variant) of one seed's cells file."""
     from wmbench.files import read_json
+    from wmbench.robustness import split_label
 
     metrics = read_json(cells_file)
     rows = []
     for scheme, fractions in metrics["cells"].items():
         for cell in fractions.values():
             for name, attempt in cell["attempts"].items():
-                method, _, setting = name.partition("@")
+                method, setting = split_label(name)
                 if method != "laundering":
                     continue
                 rows.append({
