@@ -70,28 +70,16 @@ class LaunderingParams(TrainingSettings):
     adversary's images, under their true labels, for Step 3. ``all``
     (default): every class's, one reading of Sec. 7.6 ("all images applied
     with the reconstructed mask"), so a mark whose class MAD missed is
-    unlearned too: ten stamped copies of each image, 91 % of what is
-    retrained on. ``flagged``: the classes Step 2 measured (those MAD flags,
-    else the most likely one), Sec. 4 Step 3's wording: one clean and one
-    stamped copy, a fifth of the steps. On full-size Fashion-MNIST (3 seeds,
-    ``square`` / ``content`` / ``noise`` at 10 % and 0.6 %,
-    results/laundering_fashion_mnist.csv) ``flagged`` loses less on the
-    adversary's held-out slice in all six cells (3.1-10.0 points against
-    4.5-15.7) at the same retention of the reconstructed trigger (1.3-4.2 %
-    against 1.3-3.2 %), and on the test set 1.6-2.1 points instead of
-    2.9-3.1 at 10 %. There the saving is the fifth of the steps, not the
-    mix: flagged at 24 or 44 epochs (44: ``all``'s steps) costs 2.5-3.1
-    points (results/laundering_probe.csv). On a small subset the mix matters
-    too, which is why ``all`` stays the default: on the default pipeline's
-    106 digits images (45 units reset) flagged ends at 67.6 % test accuracy
-    (66.7 % held-out) at 8 epochs and 76.9-77.6 % (76.7-80 %) at 25, 50 or
-    100 (up to 2.5 times ``all``'s 160 steps), against ``all``'s 87.8 % (90 %):
-    there the copies stamped with the other classes' triggers are what the
-    retraining needs (``dvc exp run -S removal.laundering.retrain_triggers=
-    flagged -S removal.laundering.epochs=50``). So no single length or mix
-    serves 106 and 4,800 images; the full-size experiment offers ``flagged``
-    (at 8 and 4 epochs) as variants, so its adversary chooses on its
-    held-out slice.
+    unlearned too: ten stamped copies of each image. ``flagged``: the classes
+    Step 2 measured (those MAD flags, else the most likely one), Sec. 4 Step
+    3's wording: one stamped copy, a fifth of the steps. At 10 % Fashion-MNIST
+    ``flagged`` costs about a point less (results/laundering_fashion_mnist.csv,
+    the saving being its fewer steps: results/laundering_probe.csv), but on
+    the default pipeline's 106 digits images it loses 10-20 points more at any
+    length (there the other classes' stamped copies are the data the
+    retraining needs), so ``all`` stays the default and the full-size
+    experiment offers ``flagged`` as a variant. Measurements and commands:
+    README, "Neural Cleanse and Laundering on Fashion-MNIST".
     ``mask_share``: the share of the retraining set made of the masks
     themselves labelled as the least likely class (Sec. 4 Step 3, Sec. 7.6),
     the K masks repeated to reach it. One copy per class (10 of ~66,000
