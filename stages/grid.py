@@ -7,7 +7,8 @@ what can be shared:
 
 1. **Prepare** each (watermark, fraction): its splits and trigger sets.
 2. **Train**: one watermarked model per watermark (the owner trains on the
-   whole training split whatever the adversary holds), and the clean models,
+   whole training split but ``data.holdout_pool``, whatever the adversary
+   holds), and the clean models,
    shared by every watermark: each is trained once and scored at every epoch
    on every cell's trigger set, so each threshold is still Aiken et al.
    Sec. 7.1's (the highest rate any clean model shows at any epoch).

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from wmbench.data import Dataset, adversary_indices, load_dataset
+from wmbench.data import Dataset, load_dataset, owner_adversary_split
 from wmbench.params import Params
 from wmbench.prepared import Prepared, save_prepared, to_uint8
 from wmbench.seeding import derive_seed, generator
@@ -16,11 +16,12 @@ from wmbench.triggers import load_trigger_set
 from wmbench.watermarks import Watermark, build_watermark
 
 
-def split_adversary(dataset: Dataset, params: Params) -> np.ndarray:
-    """The adversary's stratified share of the training split."""
-    return adversary_indices(
-        dataset.train_labels, params.data.adversary_fraction, derive_seed(params.seed, "split")
-    )
+def split_owner_adversary(dataset: Dataset, params: Params) -> tuple[np.ndarray, np.ndarray]:
+    """The owner's training images and the adversary's stratified share (``data.holdout_pool``: whether the
+    adversary's held-out slice is part of the owner's data or images of its own the owner never saw)."""
+    data = params.data
+    return owner_adversary_split(dataset.train_labels, data.adversary_fraction, data.adversary_holdout,
+                                 data.holdout_pool, params.seed)
 
 
 def make_watermark(dataset: Dataset, params: Params) -> Watermark:
@@ -37,9 +38,9 @@ def make_watermark(dataset: Dataset, params: Params) -> Watermark:
 
 
 def build_trigger_sets(
-    dataset: Dataset, watermark: Watermark, params: Params
+    dataset: Dataset, owner: np.ndarray, watermark: Watermark, params: Params
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Embedding samples from the owner's images; verification triggers from test images.
+    """Embedding samples from the owner's images (positions ``owner``); verification triggers from test images.
 
     The verification set stamps test images (never trained on) whose true label
     is not the target, so a correct prediction never counts as a watermark hit.
@@ -53,10 +54,10 @@ def build_trigger_sets(
             np.resize(np.arange(len(labels)), count)
         )
         return {"embedding": (images[order], labels[order]), "trigger": (images, labels)}
-    train_x = torch.from_numpy(dataset.train_images).float() / 255
+    train_x = torch.from_numpy(dataset.train_images[owner]).float() / 255
     test_x = torch.from_numpy(dataset.test_images).float() / 255
     emb_x, emb_y = watermark.embedding_set(
-        train_x, torch.from_numpy(dataset.train_labels), count, generator(params.seed, "embedding-set")
+        train_x, torch.from_numpy(dataset.train_labels[owner]), count, generator(params.seed, "embedding-set")
     )
     ver_x, ver_y = watermark.verification_set(
         test_x, torch.from_numpy(dataset.test_labels), generator(params.seed, "trigger-set")
@@ -76,12 +77,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     dataset = load_dataset(params.data.name, params.data.root, params.data.download)
     watermark = make_watermark(dataset, params)
-    adversary = split_adversary(dataset, params)
+    owner, adversary = split_owner_adversary(dataset, params)
     arrays = {
-        "owner": (dataset.train_images, dataset.train_labels),
+        "owner": (dataset.train_images[owner], dataset.train_labels[owner]),
         "adversary": (dataset.train_images[adversary], dataset.train_labels[adversary]),
         "test": (dataset.test_images, dataset.test_labels),
-        **build_trigger_sets(dataset, watermark, params),
+        **build_trigger_sets(dataset, owner, watermark, params),
     }
     info = {
         "dataset": params.data.name,
@@ -96,14 +97,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     }  # no wall-clock time: every later stage depends on these bytes
     with writing_outputs():
         save_prepared(args.out, Prepared(arrays, info))
-    print(f"prepare: {describe_counts(info['counts'], params.data.name, params.data.adversary_fraction)} "
-          f"in {timer.seconds:.1f}s")
+    counts = describe_counts(info["counts"], params.data.name, params.data.adversary_fraction,
+                             len(dataset.train_labels) - len(owner), params.data.adversary_holdout)
+    print(f"prepare: {counts} in {timer.seconds:.1f}s")
 
 
-def describe_counts(counts: dict[str, int], dataset: str, fraction: float) -> str:
-    """The split's sizes in words: the adversary's images are a subset of the owner's, not more images."""
-    return (f"{dataset}: owner {counts['owner']:,} training images; adversary {counts['adversary']:,} of those "
-            f"({100 * fraction:g}%, a subset of the owner's); test {counts['test']:,}; "
+def describe_counts(counts: dict[str, int], dataset: str, fraction: float, kept: int = 0,
+                    holdout: float = 0) -> str:
+    """The split's sizes in words: the adversary's images are a subset of the owner's, not more images; with
+    ``data.holdout_pool`` (``kept`` images kept from the owner) its held-out slice comes from those instead."""
+    whose = (f"of those but its held-out {100 * holdout:g}%, images of its own drawn from {kept:,} kept from the "
+             "owner" if kept else "a subset of the owner's")
+    return (f"{dataset}: owner {counts['owner']:,} training images; adversary {counts['adversary']:,} "
+            f"{'' if kept else 'of those '}({100 * fraction:g}%, {whose}); test {counts['test']:,}; "
             f"{counts['embedding']:,} watermark samples for embedding; {counts['trigger']:,} trigger inputs "
             "for verification")
 

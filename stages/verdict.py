@@ -14,9 +14,10 @@ watermark (Issue 14, :mod:`wmbench.robustness`):
    spread over seeds, with the papers' MNIST numbers for the same protocol
    (:func:`wmbench.sweep.paper_cell`).
 4. **The yardstick's error**: per method, how far the held-out slice's loss
-   was from the test set's, afterwards. The slice is part of the owner's
-   training set, so a removal that wipes what the owner's model memorised
-   looks costlier to the adversary than it is, and one that keeps it does not.
+   was from the test set's, afterwards. When the slice is part of the owner's
+   training set, a removal that wipes what the owner's model memorised looks
+   costlier to the adversary than it is, and one that keeps it does not;
+   ``data.holdout_pool`` draws the slice from images the owner never saw.
 """
 
 from __future__ import annotations
@@ -115,6 +116,16 @@ def yardstick_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def slice_provenance(pool: float) -> str:
+    """Where the held-out slice comes from (``data.holdout_pool``), and the bias that follows."""
+    if pool:
+        return (f"The slice is images of the adversary's own, from the {100 * pool:g} % of the training split kept "
+                "from the owner (`data.holdout_pool`): no model saw them, so only sampling error separates the two.")
+    return ("The slice is part of the owner's training set: a removal that wipes what the owner's model memorised "
+            "looks costlier on it than it is, so the adversary's choice leans towards the removals that change the "
+            "model least (`data.holdout_pool` > 0 gives the adversary images the owner never saw instead).")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__, "verdict")
     parser.add_argument("--cells", default="cells", help="folder of the grid stage's metrics, seed<k>.json per seed")
@@ -151,9 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             tables, "## Every model, mean ± spread over seeds, beside the papers", summary_table(rows, raw),
             "## How far the adversary's held-out slice misjudged each method's cost",
             "Held-out points lost minus test points lost, every scheme, seed and setting of a method, measured "
-            "after the adversary chose. The slice is part of the owner's training set: a removal that wipes what "
-            "the owner's model memorised looks costlier on it than it is, so the adversary's choice leans towards "
-            "the removals that change the model least.",
+            f"after the adversary chose. {slice_provenance(params.data.holdout_pool)}",
             yardstick_table(rows)])
         write_text_atomic(args.report, text + "\n")
         write_json_atomic(args.metrics, {**metrics, "seeds": len(seeds)})

@@ -4,8 +4,15 @@ import pickle
 import numpy as np
 import pytest
 
-from wmbench.data import adversary_indices, holdout_indices, load_dataset
+from wmbench.data import (
+    adversary_holdout_split,
+    adversary_indices,
+    holdout_indices,
+    load_dataset,
+    owner_adversary_split,
+)
 from wmbench.data.idx import parse_idx
+from wmbench.seeding import derive_seed
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -128,3 +135,28 @@ def test_holdout_is_stratified_disjoint_and_keeps_every_class_trainable():
     assert all(np.array_equal(a, b) for a, b in zip((train, held), again, strict=True))
     train0, held0 = holdout_indices(labels, 0.0, seed=3)
     assert len(held0) == 0 and np.array_equal(train0, np.arange(len(labels)))
+
+
+def test_without_a_pool_the_adversary_holds_a_subset_of_the_owners_images():
+    labels = np.repeat(np.arange(10), 100)
+    owner, adversary = owner_adversary_split(labels, 0.1, 0.2, 0.0, run_seed=4)
+    assert np.array_equal(owner, np.arange(len(labels)))  # the owner trains on everything, as before the pool
+    assert np.array_equal(adversary, adversary_indices(labels, 0.1, derive_seed(4, "split")))
+
+
+def test_a_pool_gives_the_adversary_a_held_out_slice_the_owner_never_saw():
+    labels = np.repeat(np.arange(10), 200)
+    slices = {}
+    for fraction in (0.1, 0.02):
+        owner, adversary = owner_adversary_split(labels, fraction, 0.2, 0.03, run_seed=4)
+        assert len(owner) == len(labels) - 60  # 6 of each class kept from the owner
+        train, held = adversary_holdout_split(labels[adversary], 0.2, 4)  # the split every later stage makes
+        assert set(adversary[train]) <= set(owner)  # it trains on the owner's images ...
+        assert not set(adversary[held]) & set(owner)  # ... and judges on images of its own
+        assert np.bincount(labels[adversary[held]], minlength=10).tolist() == [4 if fraction == 0.1 else 1] * 10
+        slices[fraction] = (owner, set(adversary[held]))
+    assert np.array_equal(slices[0.1][0], slices[0.02][0])  # one owner for every fraction: embeddings shared
+    assert slices[0.02][1] <= slices[0.1][1]  # a smaller slice is part of a larger one
+    with pytest.raises(ValueError, match=r"holdout_pool=0.005 keeps 1 images of class 0 .* needs 4; raise "
+                                         r"data.holdout_pool to at least .* \(0.02\)"):
+        owner_adversary_split(labels, 0.1, 0.2, 0.005, run_seed=4)

@@ -112,8 +112,9 @@ def test_the_verdict_reports_how_far_the_held_out_slice_misjudged_each_method():
 
 
 def grid_params(folder: Path) -> Path:
-    """Small digits params for a grid: few epochs everywhere, one clean model."""
-    params = small_params(**{"train.epochs": 10, "vanilla.seeds": 1, "reconstruct.epochs": 20})
+    """Small digits params for a grid: few epochs everywhere, one clean model, a held-out slice the owner never saw."""
+    params = small_params(**{"train.epochs": 10, "vanilla.seeds": 1, "reconstruct.epochs": 20,
+                             "data.holdout_pool": 0.1})
     for settings in params["removal"].values():
         if "epochs" in settings:
             settings["epochs"] = 2
@@ -188,6 +189,18 @@ def test_verdict_answers_every_watermark_at_every_budget(grid_run):
     assert (grid_run / "plots" / "frontier_square_0.3.png").stat().st_size > 0
     assert "Laundering Tab. 2" in report  # the content row is Laundering's protocol
     assert "held-out slice misjudged" in report and "| 30% | laundering |" in report
+    assert "images of the adversary's own, from the 10 % of the training split kept from the owner" in report
+
+
+def test_grid_owner_never_trains_on_the_adversarys_held_out_slice(grid_run):
+    from wmbench.data import adversary_holdout_split
+    from wmbench.prepared import load_prepared
+
+    prepared = load_prepared(grid_run / "work" / "square" / "0.3" / "prepared")
+    images, labels = prepared.arrays["adversary"]
+    _, held = adversary_holdout_split(labels, 0.2, 0)
+    owner = {image.tobytes() for image in prepared.arrays["owner"][0]}
+    assert len(held) > 0 and not any(image.tobytes() in owner for image in images[held])
 
 
 def test_verdict_names_the_seed_whose_grid_has_not_run(grid_run, tmp_path, capsys):

@@ -142,3 +142,7 @@ def test_prepare_summary_says_what_each_count_is():
     text = describe_counts({"owner": 60000, "adversary": 6000, "test": 10000, "embedding": 6000, "trigger": 100},
                            "fashion_mnist", 0.1)
     assert "owner 60,000 training images; adversary 6,000 of those (10%, a subset of the owner's)" in text
+    pooled = describe_counts({"owner": 58800, "adversary": 5880, "test": 10000, "embedding": 6000, "trigger": 100},
+                             "fashion_mnist", 0.1, kept=1200, holdout=0.2)
+    assert ("adversary 5,880 (10%, of those but its held-out 20%, images of its own drawn from 1,200 kept from the "
+            "owner)") in pooled

@@ -31,6 +31,9 @@ class DataParams:
     download: bool = False  # fetch mnist / fashion_mnist / cifar10 if missing
     adversary_fraction: float = 0.1  # share of the training split the adversary holds, (0, 1]
     adversary_holdout: float = 0.2  # share of the adversary's subset it keeps aside to judge settings, [0, 0.5]
+    # share of the training split the owner never trains on; the adversary's held-out slice comes from it (images
+    # of its own, unseen by the owner's model); 0: the slice is part of its share of the owner's data
+    holdout_pool: float = 0.0
 
     def __post_init__(self) -> None:
         from wmbench.data import DATASETS
@@ -45,6 +48,16 @@ class DataParams:
             raise ParamsError(
                 f"data.adversary_holdout={self.adversary_holdout} is outside [0, 0.5]; "
                 "use e.g. 0.1 to keep a tenth of the adversary's images aside, or 0 for none"
+            )
+        if not 0 <= self.holdout_pool < 0.5:
+            raise ParamsError(
+                f"data.holdout_pool={self.holdout_pool} is outside [0, 0.5); use e.g. 0.02 to keep 2% of the "
+                "training split from the owner for the adversary's held-out slice, or 0 for none"
+            )
+        if self.holdout_pool > 0 and self.adversary_holdout == 0:
+            raise ParamsError(
+                f"data.holdout_pool={self.holdout_pool} reserves images for a held-out slice, but "
+                "data.adversary_holdout is 0 (no slice); set data.adversary_holdout > 0 or data.holdout_pool to 0"
             )
 
 

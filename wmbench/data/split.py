@@ -51,3 +51,38 @@ def adversary_holdout_split(labels: np.ndarray, fraction: float, run_seed: int) 
     from wmbench.seeding import derive_seed
 
     return holdout_indices(labels, fraction, derive_seed(run_seed, "adversary-holdout"))
+
+
+def owner_adversary_split(labels: np.ndarray, fraction: float, holdout: float, pool: float,
+                          run_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in the training split of the owner's images and of the adversary's (its held-out slice included).
+
+    ``pool`` 0: the owner trains on every image and the adversary holds a
+    stratified ``fraction`` of them, its held-out slice too, so the owner's
+    model has memorised the images the adversary judges by. ``pool`` > 0: a
+    stratified ``pool`` share of the split, drawn with the run's seed alone (so
+    every adversary fraction shares one owner), is kept from the owner; the
+    adversary's share is drawn from the rest, and the positions
+    :func:`adversary_holdout_split` will hold out are filled with pool images
+    of the same class, the first of each class in the pool's order (so a
+    smaller slice is part of a larger one). The adversary then trains on as
+    many of the owner's images as before and judges on images of its own that
+    the owner's model never saw: an unbiased estimate of the accuracy it costs.
+    """
+    from wmbench.seeding import derive_seed
+
+    if pool == 0:
+        return np.arange(len(labels)), adversary_indices(labels, fraction, derive_seed(run_seed, "split"))
+    reserved = adversary_indices(labels, pool, derive_seed(run_seed, "holdout-pool"))
+    owner = np.setdiff1d(np.arange(len(labels)), reserved)
+    adversary = owner[adversary_indices(labels[owner], fraction, derive_seed(run_seed, "split"))]
+    _, held = adversary_holdout_split(labels[adversary], holdout, run_seed)
+    for cls in np.unique(labels[adversary][held]):
+        slots = held[labels[adversary][held] == cls]
+        spare = reserved[labels[reserved] == cls]
+        if len(spare) < len(slots):
+            raise ValueError(f"data.holdout_pool={pool} keeps {len(spare)} images of class {cls} from the owner, but "
+                             f"the adversary's held-out slice needs {len(slots)}; raise data.holdout_pool to at least "
+                             f"data.adversary_fraction x data.adversary_holdout ({fraction * holdout:g})")
+        adversary[slots] = spare[: len(slots)]
+    return owner, adversary
