@@ -51,6 +51,21 @@ def test_refit_returns_a_new_model_and_leaves_the_input_unchanged(watermarked):
     assert result.info["train_size"] == len(data.adversary) + 50
 
 
+def test_refit_halves_a_diverging_lr_until_the_loss_stays_finite(watermarked):
+    prepared, params, model, _ = watermarked
+    data = adversary_view(prepared, params, torch.device("cpu"))
+    settings = dataclasses.replace(params.removal.settings["refit"], epochs=1, lr=1e4, divergence_retries=30)
+    result = create_removal("refit", settings).remove(model, data)
+    halvings = int(result.info["lr_halvings"])
+    assert halvings >= 1 and result.info["lr_used"] == pytest.approx(1e4 / 2**halvings)
+    assert result.history[0]["lr"] == pytest.approx(result.info["lr_used"])
+    assert all(torch.isfinite(w).all() for w in result.model.state_dict().values())
+    settings = dataclasses.replace(settings, divergence_retries=1)
+    message = r"the loss became nan in epoch 1 at lr 5000; .*\(after halving it 1 times from 10000; raise removal"
+    with pytest.raises(FloatingPointError, match=message):
+        create_removal("refit", settings).remove(model, data)
+
+
 def test_refit_refuses_more_unlabeled_images_than_there_are(watermarked):
     prepared, params, model, _ = watermarked
     data = adversary_view(prepared, params, torch.device("cpu"))
@@ -62,7 +77,8 @@ def test_refit_refuses_more_unlabeled_images_than_there_are(watermarked):
 @pytest.mark.parametrize(
     ("key", "value"),
     [("ewc_weight", -1.0), ("lr_decay", 0.0), ("unlabeled_count", -1), ("fisher_samples", 0), ("lr", -0.1),
-     ("momentum", 1.0), ("weight_decay", -0.1), ("lr_decay_epochs", 0), ("random_crop", -1)],
+     ("momentum", 1.0), ("weight_decay", -0.1), ("lr_decay_epochs", 0), ("random_crop", -1),
+     ("divergence_retries", -1)],
 )
 def test_bad_refit_settings_name_the_key(key, value):
     with pytest.raises(ParamsError, match=rf"removal\.refit.*{key}={value}"):

@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from wmbench.removal.base import REMOVALS, Removal, RemovalData, RemovalResult, TrainingSettings, copy_model
-from wmbench.training import DeviceData, cross_entropy, fit, make_optimizer
+from wmbench.training import DeviceData, TrainingDivergedError, cross_entropy, fit, make_optimizer
 
 Weights = dict[str, torch.Tensor]
 
@@ -101,6 +101,13 @@ class RefitParams(TrainingSettings):
     - ``unlabeled_count``: unlabeled in-distribution images added to the
       training set with the watermarked model's predictions as labels (AU);
       0 turns AU off.
+    - ``divergence_retries``: when the loss becomes NaN, start again from the
+      watermarked model at half the lr, at most this many times (the used lr
+      is ``lr_used`` in the metrics). REFIT's code has no guard; an adversary
+      sees the NaN on its own data and lowers the lr, as the error message
+      says. At lr 0.05 the authors' SGD diverged in its first epoch on one
+      full-size Fashion-MNIST model (seed 2's square, owner trained on
+      58,800 images) where the other eleven held. 0: fail at once.
 
     Before the two variants (issue 13), REFIT here was ``variant: wild`` with
     ``fisher_labels: given``, ``fisher_normalization: none``, ``ewc_clamp:
@@ -126,6 +133,7 @@ class RefitParams(TrainingSettings):
     ewc_clamp: bool = True
     fisher_samples: int = 10000
     unlabeled_count: int = 0
+    divergence_retries: int = 2
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -155,6 +163,8 @@ class RefitParams(TrainingSettings):
             raise ValueError(f"fisher_samples={self.fisher_samples} must be positive")
         if self.unlabeled_count < 0:
             raise ValueError(f"unlabeled_count={self.unlabeled_count} must be >= 0")
+        if self.divergence_retries < 0:
+            raise ValueError(f"divergence_retries={self.divergence_retries} must be >= 0 (0: fail at once)")
 
 
 def diagonal_fisher(
@@ -313,6 +323,23 @@ class Refit(Removal):
     Params: ClassVar[type] = RefitParams
 
     def remove(self, model: nn.Module, data: RemovalData) -> RemovalResult:
+        """:meth:`refit` at the params' lr, halved after a NaN loss at most ``divergence_retries`` times."""
+        lr, halvings = self.params.lr, 0
+        while True:
+            try:
+                result = self.refit(model, data, lr)
+            except TrainingDivergedError as error:
+                if halvings == self.params.divergence_retries:
+                    raise TrainingDivergedError(f"{error} (after halving it {halvings} times from "
+                                                f"{self.params.lr:g}; raise removal.refit.divergence_retries)"
+                                                ) from error
+                lr, halvings = lr / 2, halvings + 1
+                continue
+            result.info.update(lr_used=lr, lr_halvings=float(halvings))
+            return result
+
+    def refit(self, model: nn.Module, data: RemovalData, lr: float) -> RemovalResult:
+        """One REFIT run from ``model`` at initial lr ``lr``."""
         p = self.params
         model = copy_model(model)
         train = data.adversary
@@ -347,7 +374,7 @@ class Refit(Removal):
         if p.fisher_normalization == "max":
             fisher = normalize_fisher(fisher)
         reference = {name: w.detach().clone() for name, w in model.named_parameters()}
-        optimizer = make_optimizer(p.optimizer, model.parameters(), p.lr, p.momentum, p.weight_decay)
+        optimizer = make_optimizer(p.optimizer, model.parameters(), lr, p.momentum, p.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=p.lr_decay_epochs, gamma=p.lr_decay)
         coefficients: dict[float, Weights] = {}  # by lr: the clamp changes only when the lr does
 
@@ -367,7 +394,7 @@ class Refit(Removal):
         with torch.no_grad():
             drift = float(ewc_penalty(model, fisher, reference).item())
         flat = torch.cat([f.flatten() for f in fisher.values()])
-        clamped = float((p.ewc_weight * flat > 1.0 / p.lr).float().mean()) if p.ewc_clamp and p.ewc_weight else 0.0
+        clamped = float((p.ewc_weight * flat > 1.0 / lr).float().mean()) if p.ewc_clamp and p.ewc_weight else 0.0
         info = {"ewc_penalty": drift, "fisher_mean": float(flat.mean()), "fisher_max": fisher_max,
                 "ewc_clamped_share": clamped, "train_size": float(train_size)}
         return RemovalResult(model.eval(), history, info)
