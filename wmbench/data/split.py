@@ -65,9 +65,9 @@ def owner_adversary_split(labels: np.ndarray, fraction: float, holdout: float, p
     adversary's share is drawn from the rest, and the positions
     :func:`adversary_holdout_split` will hold out are filled with pool images
     of the same class, the first of each class in the pool's order (so a
-    smaller slice is part of a larger one). The adversary then trains on as
-    many of the owner's images as before and judges on images of its own that
-    the owner's model never saw: an unbiased estimate of the accuracy it costs.
+    smaller slice is part of a larger one). The adversary then trains on the
+    same share of the owner's (smaller) set and judges on images of its own
+    that the owner's model never saw: an unbiased estimate of what it costs.
     """
     from wmbench.seeding import derive_seed
 
