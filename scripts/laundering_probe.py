@@ -13,6 +13,10 @@ held-out slice), and writes one row per run beside the grid's own flagged (8
 epochs) and ``all`` rows. ``holdout_acc_drop`` is what an adversary sees.
 
     OMP_NUM_THREADS=1 python -m scripts.laundering_probe --out results/laundering_probe.csv
+
+``--variants`` probes other Laundering settings the same way (the grid's
+``laundering@key=value+...`` spelling), e.g. thresholds between the
+default's and twice it: ``--variants laundering@conv_threshold=1.5+dense_threshold=3+retrain_triggers=flagged``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work", default="/tmp/laundering_probe", help="folder for the probe's models")
     parser.add_argument("--jobs", type=int, default=2, help="removals at once, one torch thread each")
     parser.add_argument("--out", default="results/laundering_probe.csv", help="one row per run")
+    parser.add_argument("--variants", default="", help="laundering@key=value[+key=value],... instead of flagged at "
+                        f"{' and '.join(map(str, EPOCHS))} epochs")
+    parser.add_argument("--fractions", nargs="+", default=list(FRACTIONS), help="default: " + " ".join(FRACTIONS))
     args = parser.parse_args(argv)
+
+    from stages.grid import parse_variants
+
+    if args.variants:
+        variants = parse_variants(args.variants)
+        if any(v.method != "laundering" for v in variants):
+            raise SystemExit(f"--variants {args.variants}: this probe runs laundering@... settings only")
+        settings = [(v.name, dict(v.overrides)) for v in variants]
+    else:
+        settings = [(f"flagged, epochs={e}", {"retrain_triggers": "flagged", "epochs": e}) for e in EPOCHS]
 
     from wmbench.files import read_json, write_csv_atomic
     from wmbench.jobs import Job, run_jobs
@@ -47,15 +64,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not seed_work.is_dir():
             raise SystemExit(f"{seed_work} is missing: run `dvc repro` in {EXPERIMENT} first (it leaves the models)")
         for scheme in SCHEMES:
-            for fraction in FRACTIONS:
+            for fraction in args.fractions:
                 cell = seed_work / scheme / fraction
-                params = yaml.safe_load((cell / "params.yaml").read_text())
-                for epochs in EPOCHS:
-                    out = Path(args.work) / f"seed{seed}" / scheme / fraction / f"flagged-{epochs}"
+                for label, overrides in settings:
+                    params = yaml.safe_load((cell / "params.yaml").read_text())
+                    params["removal"]["laundering"].update(overrides)
+                    epochs = params["removal"]["laundering"]["epochs"]
+                    out = Path(args.work) / f"seed{seed}" / scheme / fraction / label.replace(", ", "-")
                     out.mkdir(parents=True, exist_ok=True)
-                    params["removal"]["laundering"].update(retrain_triggers="flagged", epochs=epochs)
                     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-                    jobs.append(Job(f"seed{seed} {scheme}-{fraction} flagged epochs={epochs}", "stages.grid:stage", (
+                    jobs.append(Job(f"seed{seed} {scheme}-{fraction} {label}", "stages.grid:stage", (
                         "remove", ["--params", str(out / "params.yaml"), "--method", "laundering",
                                    "--prepared", str(cell / "prepared"),
                                    "--model", str(seed_work / scheme / "0.1" / "models" / "watermarked.pt"),
@@ -63,12 +81,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                                    "--plot", str(out / "curve.csv"), "--settings", str(out / "settings.json"),
                                    "--reconstruct", str(cell / "reconstruct")]), str(Path(args.work) / "log"),
                         cost=epochs * float(fraction)))  # the longest runs first
-                    runs.append((seed, scheme, fraction, epochs, out))
+                    runs.append((seed, scheme, fraction, label, out))
     run_jobs(jobs, args.jobs, say=print)
 
     rows, grids = [], {}
     cells = {seed: read_json(EXPERIMENT / "cells" / f"seed{seed}.json")["cells"] for seed in args.seeds}
-    for seed, scheme, fraction, epochs, out in runs:
+    for seed, scheme, fraction, label, out in runs:
         if (seed, scheme, fraction) not in grids:
             cell = cells[seed][scheme][fraction_key(float(fraction))]
             grids[seed, scheme, fraction] = cell
@@ -82,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "seconds": attempt["time_s"]})
         cell, probe = grids[seed, scheme, fraction], read_json(out / "metrics.json")
         rows.append({"seed": seed, "scheme": scheme, "adversary_fraction": float(fraction),
-                     "setting": f"flagged, epochs={epochs}", "threshold": cell["threshold"],
+                     "setting": label, "threshold": cell["threshold"],
                      "test_acc_drop": round(cell["watermarked"]["test_acc"] - probe["test_acc"], 6),
                      "holdout_acc_drop": round(probe["holdout_acc_watermarked"] - probe["holdout_acc"], 6),
                      "wm_acc": probe["wm_acc"], "seconds": probe["time_s"]})
