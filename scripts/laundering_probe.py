@@ -22,6 +22,7 @@ default's and twice it: ``--variants laundering@conv_threshold=1.5+dense_thresho
 from __future__ import annotations
 
 import argparse
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,8 +67,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for scheme in SCHEMES:
             for fraction in args.fractions:
                 cell = seed_work / scheme / fraction
+                cell_params = yaml.safe_load((cell / "params.yaml").read_text())
                 for label, overrides in settings:
-                    params = yaml.safe_load((cell / "params.yaml").read_text())
+                    params = copy.deepcopy(cell_params)
                     params["removal"]["laundering"].update(overrides)
                     epochs = params["removal"]["laundering"]["epochs"]
                     out = Path(args.work) / f"seed{seed}" / scheme / fraction / label.replace(", ", "-")

@@ -38,10 +38,9 @@ COLUMNS = ("seed", "model", "adversary_fraction", "setting", "target_detected", 
 
 def nc_row(folder: Path, metrics: dict[str, Any], target: int) -> dict[str, Any]:
     """One search's figures: the stage's metrics and the target's mask norm from ``classes.csv``."""
-    import csv
+    from scripts.aiken_results import read_csv
 
-    with open(folder / "classes.csv", newline="") as f:
-        norms = {int(row["class"]): float(row["l1"]) for row in csv.DictReader(f)}
+    norms = {int(row["class"]): float(row["l1"]) for row in read_csv(folder / "classes.csv")}
     return {"target_detected": metrics["target_detected"], "target_rank": metrics["target_rank"],
             "target_anomaly": metrics["target_anomaly"], "max_other_anomaly": metrics["max_other_anomaly"],
             "target_l1": round(norms[target], 3), "flagged": " ".join(str(c) for c in metrics["flagged"]),
@@ -63,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     jobs, runs = [], []
 
-    def search(seed: int, model_name: str, fraction: str, cell: Path, model: Path, setting: str) -> None:
+    def search(seed: int, model_name: str, fraction: str, cell: Path, model: Path, setting: str) -> int:
+        """Queue one search with ``setting``; the watermark's target label, read from the cell's params."""
         out = Path(args.work) / f"seed{seed}" / model_name / fraction / setting.split(" (")[0].replace(" ", "_")
         out.mkdir(parents=True, exist_ok=True)
         params = yaml.safe_load((cell / "params.yaml").read_text())
@@ -74,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                             "--model", str(model), "--out", str(out / "reconstruct"),
                             "--metrics", str(out / "reconstruct.json"), "--settings", str(out / "settings.json")]),
             str(Path(args.work) / "log"), 1.0))
-        runs.append((seed, model_name, fraction, setting, out, int(params["watermark"]["target"])))
+        target = int(params["watermark"]["target"])
+        runs.append((seed, model_name, fraction, setting, out, target))
+        return target
 
     for seed in args.seeds:
         seed_work = EXPERIMENT / "work" / f"seed{seed}"
@@ -87,18 +89,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         for scheme in args.schemes:
             for fraction in args.fractions:
                 cell = seed_work / scheme / fraction
-                search(seed, scheme, fraction, cell, seed_work / scheme / "0.1" / "models" / "watermarked.pt",
-                       "authors' script (x2, 1.0)")
-                runs.append((seed, scheme, fraction, GRID, cell, None))
+                target = search(seed, scheme, fraction, cell, seed_work / scheme / "0.1" / "models" / "watermarked.pt",
+                                "authors' script (x2, 1.0)")
+                runs.append((seed, scheme, fraction, GRID, cell, target))
     run_jobs(jobs, args.jobs, say=print)
 
     rows = []
     for seed, model_name, fraction, setting, out, target in runs:
-        if setting == GRID and model_name in args.schemes:
-            params = yaml.safe_load((out / "params.yaml").read_text())
-            target, metrics = int(params["watermark"]["target"]), read_json(out / "reconstruct.json")
-        else:
-            metrics = read_json(out / "reconstruct.json")
+        metrics = read_json(out / "reconstruct.json")
         rows.append({"seed": seed, "model": model_name, "adversary_fraction": float(fraction), "setting": setting,
                      **nc_row(out / "reconstruct", metrics, target)})
     rows.sort(key=lambda r: (r["model"].startswith("clean"), r["model"], -r["adversary_fraction"], r["seed"],
