@@ -1,11 +1,20 @@
 import math
+import re
 
 import pytest
 import torch
 
-from stages.embed import train_model
+from stages.embed import check_not_collapsed, train_model
+from tests.conftest import write_params
 from wmbench.evaluate import Evaluator, calibrate_threshold
-from wmbench.training import DeviceData, TrainingDivergedError, fit, make_optimizer
+from wmbench.training import (
+    COLLAPSED_SHARE,
+    DeviceData,
+    TrainingDivergedError,
+    fit,
+    majority_class,
+    make_optimizer,
+)
 
 
 def test_embedding_learns_the_watermark_on_digits(watermarked):
@@ -52,3 +61,36 @@ def test_threshold_is_the_highest_clean_rate():
     assert calibrate_threshold([0.01, 0.2, 0.07]) == 0.2
     with pytest.raises(ValueError, match="no clean-model"):
         calibrate_threshold([])
+
+
+def test_majority_class_counts_predictions():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 5))
+    torch.nn.init.zeros_(model[1].weight)
+    with torch.no_grad():
+        model[1].bias.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0]))
+    data = DeviceData(torch.rand(10, 1, 2, 2), torch.arange(10) % 5)
+    assert majority_class(model, data, batch_size=3) == (3, 1.0)
+
+
+def test_collapsed_clean_model_is_refused_before_anything_is_written(prepared_dir, tmp_path, capsys):
+    """RMSprop at lr 0.5 kills lenet's ReLUs on digits: every test image lands in one class, so the model's
+    trigger rate would set a meaningless ownership threshold; the vanilla stage stops and writes nothing."""
+    from stages import vanilla
+    from wmbench.stage import run_stage
+
+    params = write_params(tmp_path, **{"train.lr": 0.5, "train.epochs": 2, "vanilla.seeds": 1})
+    outputs = {"--models": tmp_path / "models", "--metrics": tmp_path / "vanilla.json",
+               "--plot": tmp_path / "vanilla.csv"}
+    argv = ["--params", str(params), "--prepared", str(prepared_dir / "prepared")]
+    argv += [str(item) for pair in outputs.items() for item in pair]
+    assert run_stage(vanilla.main, argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"the clean lenet model \(training seed 1\) puts \d+% of the test images in class \d", err)
+    assert "Lower train.lr (now 0.5)" in err and "nothing was written" in err
+    assert not any(path.exists() for path in outputs.values())
+
+
+def test_collapse_check_passes_a_trained_model(watermarked):
+    prepared, params, model, _ = watermarked
+    check_not_collapsed(model, prepared.on("test", torch.device("cpu")), params, 0, "watermarked")
+    assert majority_class(model, prepared.on("test", torch.device("cpu")))[1] < COLLAPSED_SHARE

@@ -28,6 +28,16 @@ class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite; nothing is written."""
 
 
+class TrainingCollapsedError(ValueError):
+    """Training ended with a model that puts (nearly) every input in one class; nothing is written."""
+
+
+# A classifier that puts this share of a class-balanced set in one class has collapsed (dead ReLUs after too
+# large an lr): its trigger rate is 0 or 1 whatever it learned, so a threshold or a retention read from it is
+# meaningless. A poorly trained but working model spreads its predictions far more.
+COLLAPSED_SHARE = 0.9
+
+
 @dataclass
 class DeviceData:
     """Images (N, C, H, W) float in [0, 1] and int64 labels, both on one device."""
@@ -109,6 +119,19 @@ def accuracy(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> floa
         correct += (model(images).argmax(1) == labels).sum()
     model.train(was_training)
     return float(correct.item()) / max(1, len(data))
+
+
+@torch.no_grad()
+def majority_class(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> tuple[int, float]:
+    """The class ``model`` predicts most often on ``data``, and the share of ``data`` it gets."""
+    if len(data) == 0:
+        raise ValueError("majority_class needs at least one image")
+    was_training = model.training
+    model.eval()
+    predicted = torch.cat([model(images).argmax(1) for images, _ in data.batches(batch_size)])
+    counts = torch.bincount(predicted)
+    model.train(was_training)
+    return int(counts.argmax()), float(counts.max()) / max(1, len(data))
 
 
 def fit(
