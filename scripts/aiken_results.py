@@ -264,8 +264,10 @@ def thresholds(work: Path, seeds: Sequence[int], schemes: Sequence[str]) -> dict
     return found
 
 
-def collect(work: Path, seeds: Sequence[int], schemes: Sequence[str], fractions: Sequence[float]) -> list[dict]:
-    """One row per (scheme, seed, fraction) laundered, and one per clean model's Neural Cleanse."""
+def collect(work: Path, seeds: Sequence[int], schemes: Sequence[str], fractions: Sequence[float],
+            arch: str = BASE["model.arch"]) -> list[dict]:
+    """One row per (scheme, seed, fraction) laundered, and one per clean model's Neural Cleanse; ``arch`` is
+    the model the cells trained (``--set model.arch=...``), written in every row."""
     limits = thresholds(work, seeds, schemes)
     rows = []
     for seed in seeds:
@@ -290,7 +292,6 @@ def collect(work: Path, seeds: Sequence[int], schemes: Sequence[str], fractions:
                     "seconds": launder["time_s"], "units_reset_conv": units["conv"],
                     "units_reset_dense": units["dense"],
                 })
-    arch = BASE["model.arch"]
     return [{column: row.get(column, arch if column == "arch" else "") for column in COLUMNS} for row in rows]
 
 
@@ -400,7 +401,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                                   "else (for grids that share them)")
     args = parser.parse_args(argv)
     work = Path(args.work).resolve()
-    cell_params(args.seeds[0], args.schemes[0], args.fractions[0], args.set)  # a bad --set fails here
+    # a bad --set fails here, before any work
+    arch = cell_params(args.seeds[0], args.schemes[0], args.fractions[0], args.set)["model"]["arch"]
 
     log = str(work / "runner.log")
     tasks = [Job(f"{scheme} seed {seed}", "scripts.aiken_results:run_cell",
@@ -427,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(choice_summary(chosen))
         print(f"wall {time.perf_counter() - start:.0f} s; rows in {args.choice_out}")
         return
-    rows = collect(work, args.seeds, args.schemes, args.fractions)
+    rows = collect(work, args.seeds, args.schemes, args.fractions, arch)
     write_csv(Path(args.out), rows)
     print(summary(rows))
     print(f"wall {time.perf_counter() - start:.0f} s; rows in {args.out}")
