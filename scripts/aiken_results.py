@@ -265,7 +265,7 @@ def thresholds(work: Path, seeds: Sequence[int], schemes: Sequence[str]) -> dict
 
 
 def collect(work: Path, seeds: Sequence[int], schemes: Sequence[str], fractions: Sequence[float],
-            arch: str = BASE["model.arch"]) -> list[dict]:
+            arch: str) -> list[dict]:
     """One row per (scheme, seed, fraction) laundered, and one per clean model's Neural Cleanse; ``arch`` is
     the model the cells trained (``--set model.arch=...``), written in every row."""
     limits = thresholds(work, seeds, schemes)

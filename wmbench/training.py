@@ -110,28 +110,29 @@ def cross_entropy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> float:
-    """Share of ``data`` whose predicted class equals its label (model put in eval mode)."""
+def predict(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> torch.Tensor:
+    """The class ``model`` predicts for each image of ``data``, in eval mode (its mode restored after)."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), device=data.device)
-    for images, labels in data.batches(batch_size):
-        correct += (model(images).argmax(1) == labels).sum()
-    model.train(was_training)
-    return float(correct.item()) / max(1, len(data))
+    try:
+        return torch.cat([model(images).argmax(1) for images, _ in data.batches(batch_size)])
+    finally:
+        model.train(was_training)
 
 
-@torch.no_grad()
+def accuracy(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> float:
+    """Share of ``data`` whose predicted class equals its label (0 for no data)."""
+    if len(data) == 0:
+        return 0.0
+    return float((predict(model, data, batch_size) == data.labels).sum().item()) / len(data)
+
+
 def majority_class(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> tuple[int, float]:
     """The class ``model`` predicts most often on ``data``, and the share of ``data`` it gets."""
     if len(data) == 0:
         raise ValueError("majority_class needs at least one image")
-    was_training = model.training
-    model.eval()
-    predicted = torch.cat([model(images).argmax(1) for images, _ in data.batches(batch_size)])
-    counts = torch.bincount(predicted)
-    model.train(was_training)
-    return int(counts.argmax()), float(counts.max()) / max(1, len(data))
+    counts = torch.bincount(predict(model, data, batch_size))
+    return int(counts.argmax()), float(counts.max()) / len(data)
 
 
 def fit(
