@@ -250,3 +250,35 @@ def test_first_round_uses_the_given_reconstruction_and_masks_get_their_share(wat
     assert masks == round(len(training) * 0.25) and (training.labels[-masks:] == 4).all()
     flagged = retraining_set(data.adversary, found, [0], least_likely=4, mask_share=0.25)  # retrain_triggers: flagged
     assert len(flagged) - round(len(flagged) * 0.25) == 2 * len(data.adversary)
+
+
+def test_distillation_targets_mix_the_watermarked_models_softmax_into_clean_and_stamped_rows(watermarked):
+    """distill_weight (our extension): probability rows, the teacher's row for a stamped copy, masks one-hot."""
+    prepared, params, model, _ = watermarked
+    data = adversary_view(prepared, params, CPU)
+    found = reconstruct.neural_cleanse(model, data.adversary.images, laundering(params, epochs=2).reconstruct,
+                                       torch.Generator().manual_seed(0))
+    teacher = torch.softmax(torch.randn(len(data.adversary), 10, generator=torch.Generator().manual_seed(1)), 1)
+    training = retraining_set(data.adversary, found, [0], least_likely=4, mask_share=0.25,
+                              teacher=teacher, distill_weight=0.25)
+    n = len(data.adversary)
+    assert training.labels.shape == (len(training), 10)
+    assert torch.allclose(training.labels.sum(1), torch.ones(len(training)))
+    one_hot = nn.functional.one_hot(data.adversary.labels, 10).float()
+    assert torch.allclose(training.labels[:n], 0.75 * one_hot + 0.25 * teacher)
+    assert torch.equal(training.labels[n:2 * n], training.labels[:n])  # a stamped copy learns its clean image's row
+    assert (training.labels[2 * n:].argmax(1) == 4).all() and (training.labels[2 * n:].max(1).values == 1).all()
+    with pytest.raises(ParamsError, match=r"distill_weight=1.5 is outside \[0, 1\]"):
+        parse_params(small_params(**{"removal": {"laundering": {"distill_weight": 1.5}}}))
+
+
+def test_laundering_with_distillation_lowers_watermark_accuracy(watermarked):
+    """One round at distill_weight 1 still unlearns the mark on the content-watermarked lenet."""
+    prepared, params, model, _ = watermarked
+    params = dataclasses.replace(params, data=dataclasses.replace(params.data, adversary_holdout=0.0))
+    data = adversary_view(prepared, params, CPU)
+    before = data.evaluate(model)
+    torch.manual_seed(0)
+    result = create_removal("laundering", laundering(params, distill_weight=1.0)).remove(model, data)
+    after = data.evaluate(result.model)
+    assert after["wm_acc"] < before["wm_acc"] - 0.3, (before, after)

@@ -40,7 +40,12 @@ COLLAPSED_SHARE = 0.9
 
 @dataclass
 class DeviceData:
-    """Images (N, C, H, W) float in [0, 1] and int64 labels, both on one device."""
+    """Images (N, C, H, W) float in [0, 1] and int64 labels, both on one device.
+
+    Labels may instead be float (N, classes) probability rows: soft targets
+    that :func:`cross_entropy` takes as they are (Laundering's distillation);
+    :func:`accuracy` needs classes.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -110,14 +115,19 @@ def cross_entropy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> torch.Tensor:
-    """The class ``model`` predicts for each image of ``data``, in eval mode (its mode restored after)."""
+def logits(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> torch.Tensor:
+    """``model``'s outputs (N, classes) for each image of ``data``, in eval mode (its mode restored after)."""
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(images).argmax(1) for images, _ in data.batches(batch_size)])
+        return torch.cat([model(images) for images, _ in data.batches(batch_size)])
     finally:
         model.train(was_training)
+
+
+def predict(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> torch.Tensor:
+    """The class ``model`` predicts for each image of ``data`` (eval mode)."""
+    return logits(model, data, batch_size).argmax(1)
 
 
 def accuracy(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> float:

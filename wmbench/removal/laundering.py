@@ -25,7 +25,7 @@ from wmbench.activations import (
 )
 from wmbench.params import LrSchedule
 from wmbench.removal.base import REMOVALS, Removal, RemovalData, RemovalResult, TrainingSettings, copy_model
-from wmbench.training import DeviceData, fit, make_optimizer, make_scheduler
+from wmbench.training import DeviceData, fit, logits, make_optimizer, make_scheduler
 
 
 @dataclass
@@ -84,6 +84,13 @@ class LaunderingParams(TrainingSettings):
     themselves labelled as the least likely class (Sec. 4 Step 3, Sec. 7.6),
     the K masks repeated to reach it. One copy per class (10 of ~66,000
     images at 10 % Fashion-MNIST) would carry no weight; 0 leaves them out.
+    ``distill_weight``: not in the paper, an extension of Step 3 (default 0,
+    the paper's hard labels). The share of each clean or stamped image's
+    target taken from the watermarked model's own softmax on the clean image
+    (knowledge distillation, Hinton et al. 2015, with the model before Step 2
+    as teacher): 1 trains on the teacher's probabilities only. The adversary
+    holds that model, and on clean images its outputs carry what the resets
+    cost, not the trigger; the masks keep their least-likely label.
     ``reconstruct``: Neural Cleanse settings, the top-level ``reconstruct``
     block (filled in by params.yaml's parser; defaults when ``None``).
     """
@@ -102,6 +109,7 @@ class LaunderingParams(TrainingSettings):
     reset_batchnorm: bool = False
     retrain_triggers: Literal["all", "flagged"] = "all"
     mask_share: float = 0.05
+    distill_weight: float = 0.0  # not in the paper: share of the watermarked model's softmax in the targets
     reconstruct: Any = None
 
     def __post_init__(self) -> None:
@@ -113,6 +121,9 @@ class LaunderingParams(TrainingSettings):
                 raise ValueError(f"{key} is NaN; use a number, or .inf to reset nothing")
         if not 0 <= self.mask_share < 1:
             raise ValueError(f"mask_share={self.mask_share} is outside [0, 1); e.g. 0.05, or 0 for no mask images")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"distill_weight={self.distill_weight} is outside [0, 1]; 0 for the paper's labels, "
+                             "1 for the watermarked model's probabilities only")
 
 
 @REMOVALS.register("laundering")
@@ -127,7 +138,8 @@ class Laundering(Removal):
     adversary assumes a watermark regardless of the outlier test).
     Step 3 retrains on the adversary's images, the same images stamped with
     reconstructed triggers (``retrain_triggers``) labelled with their true
-    class, and the masks labelled with the least likely class (``mask_share``).
+    class, and the masks labelled with the least likely class (``mask_share``);
+    with ``distill_weight`` the first two mix in the watermarked model's softmax.
     Laundering stops before a round whose least likely class is the first
     round's most likely class (Sec. 4: retraining would strengthen the mark).
     Reset units stay reset through every later round.
@@ -139,6 +151,7 @@ class Laundering(Removal):
     def remove(self, model: nn.Module, data: RemovalData) -> RemovalResult:
         params: LaunderingParams = self.params
         settings = params.reconstruct if params.reconstruct is not None else reconstruct.NeuralCleanseParams()
+        teacher = logits(model, data.adversary).softmax(1) if params.distill_weight > 0 else None
         model = copy_model(model)
         layers = find_layers(model, params.layers)
         reset = UnitReset(params.reset)
@@ -171,7 +184,8 @@ class Laundering(Removal):
             if params.reset_batchnorm:
                 reset_batchnorm_statistics(model)
             triggers = range(data.num_classes) if params.retrain_triggers == "all" else suspects
-            training = retraining_set(data.adversary, found, triggers, report.least_likely, params.mask_share)
+            training = retraining_set(data.adversary, found, triggers, report.least_likely, params.mask_share,
+                                      teacher, params.distill_weight)
             optimizer = make_optimizer(params.optimizer, model.parameters(), params.lr)
             records = fit(
                 model, training, optimizer, epochs=params.epochs, batch_size=params.batch_size,
@@ -220,25 +234,35 @@ def reset_excited_units(
 
 def retraining_set(
     adversary: DeviceData, found: reconstruct.Reconstruction, triggers: Iterable[int], least_likely: int,
-    mask_share: float,
+    mask_share: float, teacher: torch.Tensor | None = None, distill_weight: float = 0.0,
 ) -> DeviceData:
     """Step 3's data: clean images, stamped images with their true labels, masks labelled ``least_likely``.
 
     Aiken et al., Neural Network Laundering, Sec. 4 Step 3 and Sec. 7.6. The
     masks (as images, copied to each colour channel) are repeated, class by
-    class, until they make up ``mask_share`` of the set.
+    class, until they make up ``mask_share`` of the set. Given ``teacher``
+    (the watermarked model's probabilities on the clean images), labels become
+    probability rows: ``distill_weight`` of the teacher's, the rest one-hot
+    (our extension; a stamped copy gets its clean image's row).
     """
-    images, labels = [adversary.images], [adversary.labels]
+    targets = adversary.labels
+    if teacher is not None:
+        one_hot = nn.functional.one_hot(adversary.labels, teacher.shape[1]).to(teacher.dtype)
+        targets = (1 - distill_weight) * one_hot + distill_weight * teacher
+    images, labels = [adversary.images], [targets]
     for label in triggers:
         images.append(found.stamp(adversary.images, int(label)))
-        labels.append(adversary.labels)
+        labels.append(targets)
     others = sum(len(batch) for batch in images)
     count = round(mask_share / (1 - mask_share) * others)
     if count:
         channels = adversary.images.shape[1]
         masks = found.masks.to(adversary.device).expand(-1, channels, -1, -1)
         images.append(masks[torch.arange(count, device=adversary.device) % len(masks)])
-        labels.append(torch.full((count,), least_likely, dtype=torch.long, device=adversary.device))
+        mask_labels = torch.full((count,), least_likely, dtype=torch.long, device=adversary.device)
+        if teacher is not None:
+            mask_labels = nn.functional.one_hot(mask_labels, teacher.shape[1]).to(teacher.dtype)
+        labels.append(mask_labels)
     return DeviceData(torch.cat(images).detach(), torch.cat(labels))
 
 
