@@ -272,13 +272,25 @@ def test_distillation_targets_mix_the_watermarked_models_softmax_into_clean_and_
         parse_params(small_params(**{"removal": {"laundering": {"distill_weight": 1.5}}}))
 
 
-def test_laundering_with_distillation_lowers_watermark_accuracy(watermarked):
-    """One round at distill_weight 1 still unlearns the mark on the content-watermarked lenet."""
+def test_laundering_with_distillation_retrains_on_the_watermarked_models_softmax(watermarked, monkeypatch):
+    """One round at distill_weight 1: Step 3 gets the unchanged model's softmax, and the mark is still unlearned."""
+    from wmbench.removal import laundering as module
+
     prepared, params, model, _ = watermarked
     params = dataclasses.replace(params, data=dataclasses.replace(params.data, adversary_holdout=0.0))
     data = adversary_view(prepared, params, CPU)
     before = data.evaluate(model)
+    expected = module.logits(model, data.adversary).softmax(1)
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(args[5:] if len(args) > 5 else (kwargs.get("teacher"), kwargs.get("distill_weight")))
+        return retraining_set(*args, **kwargs)
+
+    monkeypatch.setattr(module, "retraining_set", spy)
     torch.manual_seed(0)
     result = create_removal("laundering", laundering(params, distill_weight=1.0)).remove(model, data)
     after = data.evaluate(result.model)
+    (teacher, weight), = seen
+    assert weight == 1.0 and torch.equal(teacher, expected)  # the teacher is the model before any reset
     assert after["wm_acc"] < before["wm_acc"] - 0.3, (before, after)
