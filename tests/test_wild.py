@@ -85,7 +85,8 @@ def test_unknown_divergence_or_normalization_names_the_valid_ones():
 @pytest.mark.parametrize(
     ("name", "key", "value"),
     [("wild_js", "copies", 0), ("wild_ce", "lr", 0.0), ("wild_dn", "discriminator_lr", -1.0),
-     ("wild_ce", "feature_temperature", 0.0), ("wild_js", "feature_normalization", "l2")],
+     ("wild_ce", "feature_temperature", 0.0), ("wild_js", "feature_normalization", "l2"),
+     ("wild_dn", "distill_weight", 1.5), ("wild_js", "erase_probability", 0.0)],
 )
 def test_bad_wild_settings_name_the_key(name, key, value):
     with pytest.raises(ParamsError, match=rf"removal\.{name}.*{key}={value!r}"):
@@ -117,6 +118,44 @@ def test_wild_lowers_watermark_retention_and_keeps_accuracy(name, watermarked):
     assert type(result.model) is type(model) and result.model is not model
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the input model changed"
     assert [r["epoch"] for r in result.history] == list(range(1, settings.epochs + 1))
+    assert end["wm_acc"] <= start["wm_acc"] - 0.4, (start, end)
+    assert end["test_acc"] >= start["test_acc"] - 0.1, (start, end)
+
+
+def test_erase_probability_leaves_the_other_copies_clean():
+    """erase_probability 0.5 (Zhong et al.'s p): about half the copies equal their clean image, 1 (WILD) none."""
+    from wmbench.removal.wild import _erased_pairs
+
+    images = torch.rand(50, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    for probability, low, high in ((1.0, 0, 0), (0.5, 0.35, 0.65)):
+        batch, n = _erased_pairs(images, 10, torch.Generator().manual_seed(1), "uniform", probability)
+        clean = (batch[n:] == images.repeat(10, 1, 1, 1)).flatten(1).all(1).float().mean().item()
+        assert low <= clean <= high, (probability, clean)
+
+
+def test_wild_with_distillation_trains_erased_copies_towards_the_watermarked_models_softmax(watermarked, monkeypatch):
+    """distill_weight (our extension): L_aug's targets are the unchanged model's softmax on the clean images
+    (a quarter of each row here, the rest one-hot), repeated for each erased copy; the mark still goes."""
+    from wmbench.removal import wild as module
+    from wmbench.training import logits
+
+    prepared, params, model, _ = watermarked
+    data = adversary_view(prepared, params, torch.device("cpu"))
+    start = data.evaluate(model)
+    teacher = logits(model, data.adversary).softmax(1)
+    seen = []
+    fit = module.fit
+
+    def spy(model, data, *args, **kwargs):
+        seen.append(data.labels)
+        return fit(model, data, *args, **kwargs)
+
+    monkeypatch.setattr(module, "fit", spy)
+    settings = dataclasses.replace(params.removal.settings["wild_ce"], epochs=5, distill_weight=0.25)
+    end = data.evaluate(create_removal("wild_ce", settings).remove(model, data).model)
+    (targets,) = seen
+    one_hot = torch.nn.functional.one_hot(data.adversary.labels, 10).float()
+    assert torch.allclose(targets, 0.75 * one_hot + 0.25 * teacher)
     assert end["wm_acc"] <= start["wm_acc"] - 0.4, (start, end)
     assert end["test_acc"] >= start["test_acc"] - 0.1, (start, end)
 

@@ -125,6 +125,16 @@ def logits(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> torch.
         model.train(was_training)
 
 
+def soft_targets(labels: torch.Tensor, teacher: torch.Tensor, weight: float) -> torch.Tensor:
+    """Probability rows: ``weight`` of ``teacher``'s (N, classes) and the rest the one-hot ``labels``.
+
+    Knowledge distillation's targets (Hinton et al. 2015) with the
+    watermarked model as teacher: Laundering's and WILD's ``distill_weight``.
+    """
+    one_hot = F.one_hot(labels, teacher.shape[1]).to(teacher.dtype)
+    return (1 - weight) * one_hot + weight * teacher
+
+
 def predict(model: nn.Module, data: DeviceData, batch_size: int = 1024) -> torch.Tensor:
     """The class ``model`` predicts for each image of ``data`` (eval mode)."""
     return logits(model, data, batch_size).argmax(1)

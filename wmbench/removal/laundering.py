@@ -25,7 +25,7 @@ from wmbench.activations import (
 )
 from wmbench.params import LrSchedule
 from wmbench.removal.base import REMOVALS, Removal, RemovalData, RemovalResult, TrainingSettings, copy_model
-from wmbench.training import DeviceData, fit, logits, make_optimizer, make_scheduler
+from wmbench.training import DeviceData, fit, logits, make_optimizer, make_scheduler, soft_targets
 
 
 @dataclass
@@ -247,8 +247,7 @@ def retraining_set(
     """
     targets = adversary.labels
     if teacher is not None:
-        one_hot = nn.functional.one_hot(adversary.labels, teacher.shape[1]).to(teacher.dtype)
-        targets = (1 - distill_weight) * one_hot + distill_weight * teacher
+        targets = soft_targets(adversary.labels, teacher, distill_weight)
     images, labels = [adversary.images], [targets]
     for label in triggers:
         images.append(found.stamp(adversary.images, int(label)))
