@@ -260,15 +260,13 @@ def plot_robustness_frontier(
     for budget, pick in picks.items():
         if pick is not None:
             budgets_of.setdefault(pick, []).append(budget)
-    notes = []  # the picks' names beside the plot: variant names are too long to sit among the points
+    # the picks' names go in the legend (one box, nothing to overlap): variant names are too long for the points
     for rank, ((drop, wm, label), budgets) in enumerate(budgets_of.items()):
-        axes.scatter([100 * drop], [100 * wm], s=180, facecolors="none", edgecolors="black", zorder=4)
         within = ", ".join(f"{100 * b:g}" for b in sorted(budgets))
+        axes.scatter([100 * drop], [100 * wm], s=180, facecolors="none", edgecolors="black", zorder=4,
+                     label=f"pick {rank + 1}, within {within} pt:\n  " + label.replace("+", "+\n  "))
         axes.annotate(f"pick {rank + 1}", (100 * drop, 100 * wm), textcoords="offset points",
                       xytext=(0, 12 + 9 * rank), fontsize=7, ha="center")
-        notes.append(f"pick {rank + 1}, within {within} pt:\n  " + label.replace("+", "+\n  "))
-    if notes:
-        axes.text(1.02, 0, "\n".join(notes), transform=axes.transAxes, fontsize=7, va="bottom")
     axes.axhline(100 * threshold, color="tab:red", ls="--", lw=1.2,
                  label=f"{threshold_label} {100 * threshold:.1f}%")
     axes.set_xlabel("test accuracy lost (points)")
