@@ -14,22 +14,23 @@ epochs) and ``all`` rows. ``holdout_acc_drop`` is what an adversary sees.
 
     OMP_NUM_THREADS=1 python -m scripts.laundering_probe --out results/laundering_probe.csv
 
-``--variants`` probes other Laundering settings the same way (the grid's
-``laundering@key=value+...`` spelling), e.g. thresholds between the
-default's and twice it: ``--variants laundering@conv_threshold=1.5+dense_threshold=3+retrain_triggers=flagged``.
+``--variants`` probes other settings the same way (the grid's
+``method@key=value+...`` spelling), e.g. Laundering's thresholds between the
+default's and twice it: ``--variants laundering@conv_threshold=1.5+dense_threshold=3+retrain_triggers=flagged``,
+or another method's (``wild_ce@distill_weight=1``), written beside the grid's
+own run of that method.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 EXPERIMENT = Path("experiments/fashion_mnist")
-SCHEMES = ("square", "content")
+SCHEMES = ("square", "content")  # the grid's
 FRACTIONS = ("0.1", "0.006")
 EPOCHS = (24, 44)  # flagged's epochs: about half and all of `all`'s steps at its 8 epochs
 
@@ -40,67 +41,69 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work", default="/tmp/laundering_probe", help="folder for the probe's models")
     parser.add_argument("--jobs", type=int, default=2, help="removals at once, one torch thread each")
     parser.add_argument("--out", default="results/laundering_probe.csv", help="one row per run")
-    parser.add_argument("--variants", default="", help="laundering@key=value[+key=value],... instead of flagged at "
-                        f"{' and '.join(map(str, EPOCHS))} epochs")
+    parser.add_argument("--variants", default="", help="method@key=value[+key=value],... instead of Laundering "
+                        f"on the flagged class at {' and '.join(map(str, EPOCHS))} epochs")
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), help="default: " + " ".join(SCHEMES))
     parser.add_argument("--fractions", nargs="+", default=list(FRACTIONS), help="default: " + " ".join(FRACTIONS))
     args = parser.parse_args(argv)
 
-    from stages.grid import parse_variants
+    from stages.grid import Variant, parse_variants, variant_params
 
     if args.variants:
-        variants = parse_variants(args.variants)
-        if any(v.method != "laundering" for v in variants):
-            raise SystemExit(f"--variants {args.variants}: this probe runs laundering@... settings only")
-        settings = [(v.name, dict(v.overrides)) for v in variants]
+        settings = [(v.name, v) for v in parse_variants(args.variants)]
     else:
-        settings = [(f"flagged, epochs={e}", {"retrain_triggers": "flagged", "epochs": e}) for e in EPOCHS]
+        settings = [(f"flagged, epochs={e}", Variant("laundering", (("epochs", e), ("retrain_triggers", "flagged"))))
+                    for e in EPOCHS]
 
     from wmbench.files import read_json, write_csv_atomic
     from wmbench.jobs import Job, run_jobs
     from wmbench.verdict import fraction_key
 
+    current = yaml.safe_load((EXPERIMENT / "params.yaml").read_text())
     jobs, runs = [], []
     for seed in args.seeds:
         seed_work = EXPERIMENT / "work" / f"seed{seed}"
         if not seed_work.is_dir():
             raise SystemExit(f"{seed_work} is missing: run `dvc repro` in {EXPERIMENT} first (it leaves the models)")
-        for scheme in SCHEMES:
+        for scheme in args.schemes:
             for fraction in args.fractions:
                 cell = seed_work / scheme / fraction
                 cell_params = yaml.safe_load((cell / "params.yaml").read_text())
-                for label, overrides in settings:
-                    params = copy.deepcopy(cell_params)
-                    params["removal"]["laundering"].update(overrides)
-                    epochs = params["removal"]["laundering"]["epochs"]
+                for method, settings_ in current["removal"].items():  # keys added since the grid ran, at their default
+                    cell_params["removal"][method] = {**settings_, **cell_params["removal"].get(method, {})}
+                for label, variant in settings:
+                    params, _ = variant_params(cell_params, variant)
+                    epochs = params["removal"][variant.method]["epochs"]
                     out = Path(args.work) / f"seed{seed}" / scheme / fraction / label.replace(", ", "-")
                     out.mkdir(parents=True, exist_ok=True)
                     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
                     jobs.append(Job(f"seed{seed} {scheme}-{fraction} {label}", "stages.grid:stage", (
-                        "remove", ["--params", str(out / "params.yaml"), "--method", "laundering",
+                        "remove", ["--params", str(out / "params.yaml"), "--method", variant.method,
                                    "--prepared", str(cell / "prepared"),
                                    "--model", str(seed_work / scheme / "0.1" / "models" / "watermarked.pt"),
                                    "--out", str(out / "model.pt"), "--metrics", str(out / "metrics.json"),
                                    "--plot", str(out / "curve.csv"), "--settings", str(out / "settings.json"),
                                    "--reconstruct", str(cell / "reconstruct")]), str(Path(args.work) / "log"),
                         cost=epochs * float(fraction)))  # the longest runs first
-                    runs.append((seed, scheme, fraction, label, out))
+                    runs.append((seed, scheme, fraction, label, variant.method, out))
     run_jobs(jobs, args.jobs, say=print)
 
     rows, grids = [], {}
     cells = {seed: read_json(EXPERIMENT / "cells" / f"seed{seed}.json")["cells"] for seed in args.seeds}
-    for seed, scheme, fraction, label, out in runs:
-        if (seed, scheme, fraction) not in grids:
+    for seed, scheme, fraction, label, method, out in runs:
+        if (seed, scheme, fraction, method) not in grids:
             cell = cells[seed][scheme][fraction_key(float(fraction))]
-            grids[seed, scheme, fraction] = cell
-            for name, setting in (("laundering", "all, epochs=8"),
-                                  ("laundering@retrain_triggers=flagged", "flagged, epochs=8")):
+            grids[seed, scheme, fraction, method] = cell
+            grid_runs = ((("laundering", "all, epochs=8"), ("laundering@retrain_triggers=flagged", "flagged, epochs=8"))
+                         if method == "laundering" else ((method, f"{method} (the grid's)"),))
+            for name, setting in grid_runs:
                 attempt = cell["attempts"][name]
                 rows.append({"seed": seed, "scheme": scheme, "adversary_fraction": float(fraction),
                              "setting": setting, "threshold": cell["threshold"],
                              "test_acc_drop": attempt["test_acc_drop"],
                              "holdout_acc_drop": attempt["holdout_acc_drop"], "wm_acc": attempt["wm_acc"],
                              "seconds": attempt["time_s"]})
-        cell, probe = grids[seed, scheme, fraction], read_json(out / "metrics.json")
+        cell, probe = grids[seed, scheme, fraction, method], read_json(out / "metrics.json")
         rows.append({"seed": seed, "scheme": scheme, "adversary_fraction": float(fraction),
                      "setting": label, "threshold": cell["threshold"],
                      "test_acc_drop": round(cell["watermarked"]["test_acc"] - probe["test_acc"], 6),
