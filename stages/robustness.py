@@ -4,8 +4,11 @@ The owner's question, answered in the two steps of :mod:`wmbench.robustness`:
 
 1. **What the adversary sees** of every removed model (``models/removed/*.pt``),
    on the slice of its images it kept aside (``data.adversary_holdout``): the
-   held-out accuracy it lost, and the proxy retention of the trigger Neural
-   Cleanse reconstructed for the suspected class (:mod:`wmbench.proxy`).
+   held-out accuracy it lost, and its proxy retention (:mod:`wmbench.proxy`,
+   ``robustness.proxy``): by default that of a pattern re-optimised on the
+   removed model around the trigger Neural Cleanse reconstructed for the
+   suspected class; ``trigger`` takes that reconstructed trigger as it is.
+   Both are written per removal (``region_wm_acc``, ``trigger_wm_acc``).
 2. **The verdict** per budget (``robustness.budgets``): the adversary picks the
    attempt of lowest proxy retention among those whose held-out loss fits the
    budget; the pick's test-accuracy loss and true retention are then measured
@@ -28,12 +31,21 @@ import torch
 
 from wmbench.checkpoint import load_checkpoint
 from wmbench.files import read_json, write_csv_atomic, write_json_atomic, write_text_atomic
+from wmbench.params import RobustnessParams
 from wmbench.plotting import plot_robustness_frontier
 from wmbench.precision import autocast, channels_last_model, channels_last_prepared
 from wmbench.prepared import load_prepared
-from wmbench.proxy import adversary_holdout, proxy_retention, suspected_class
+from wmbench.proxy import (
+    adversary_holdout,
+    adversary_training_images,
+    proxy_retention,
+    region_retention,
+    suspected_class,
+    trigger_region,
+)
 from wmbench.reconstruct import Reconstruction, load_reconstruction
 from wmbench.robustness import Attempt, Verdict, frontier, picks, report, split_label, to_metrics, verdicts
+from wmbench.seeding import generator
 from wmbench.stage import (
     SETTINGS_HELP,
     Timer,
@@ -49,34 +61,53 @@ from wmbench.training import DeviceData, accuracy
 
 @dataclass(frozen=True)
 class Yardsticks:
-    """The adversary's (held-out images, reconstructed trigger, suspected class) and the owner's (test, trigger)."""
+    """The adversary's (its images, held-out slice, reconstructed trigger, suspected class, proxy settings) and
+    the owner's (test, trigger set)."""
 
+    train: torch.Tensor
     holdout: DeviceData
     reconstruction: Reconstruction
     suspected: int
     test: DeviceData
     trigger: DeviceData
+    proxy: RobustnessParams
+    seed: int
+
+    @property
+    def region(self) -> torch.Tensor:
+        """Where the region proxy re-optimises its pattern: around the suspected class's reconstructed mask."""
+        mask = self.reconstruction.masks[self.reconstruction.row(self.suspected)].float()
+        return trigger_region(mask, self.proxy.proxy_area)
 
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
-        return {"holdout_acc": accuracy(model, self.holdout),
-                "proxy_wm_acc": proxy_retention(model, self.reconstruction, self.suspected, self.holdout),
+        """Both proxies (``proxy_wm_acc`` is the one ``robustness.proxy`` names) and the true figures; the region
+        proxy's random stream starts afresh for every model, so each is judged the same way."""
+        figures = {"holdout_acc": accuracy(model, self.holdout),
+                   "trigger_wm_acc": proxy_retention(model, self.reconstruction, self.suspected, self.holdout),
+                   "region_wm_acc": region_retention(
+                       model, self.region, self.suspected, self.train, self.holdout, self.proxy.proxy_steps,
+                       generator(self.seed, "proxy", self.train.device))}
+        return {**figures, "proxy_wm_acc": figures[f"{self.proxy.proxy}_wm_acc"],
                 "test_acc": accuracy(model, self.test), "wm_acc": accuracy(model, self.trigger)}
 
 
 def judge_attempts(removed: dict[str, torch.nn.Module], watermarked: torch.nn.Module, yardsticks: Yardsticks,
-                   scheme: str, seed: int, threshold: float) -> tuple[dict[str, float], list[Attempt]]:
-    """Step 1: the watermarked model's figures, and one :class:`Attempt` per removed model."""
+                   scheme: str, seed: int, threshold: float
+                   ) -> tuple[dict[str, float], list[Attempt], dict[str, dict[str, float]]]:
+    """Step 1: the watermarked model's figures, one :class:`Attempt` per removed model, and both proxies' figures
+    per removed model (the attempt carries the one ``robustness.proxy`` names)."""
     baseline = yardsticks.measure(watermarked)
-    found = []
+    found, proxies = [], {}
     for name, model in removed.items():
         scores = yardsticks.measure(model)
+        proxies[name] = {key: scores[key] for key in ("trigger_wm_acc", "region_wm_acc")}
         method, setting = split_label(name)
         found.append(Attempt(scheme=scheme, method=method, setting=setting, seed=seed,
                              estimated_drop=baseline["holdout_acc"] - scores["holdout_acc"],
                              proxy_wm_acc=scores["proxy_wm_acc"],
                              test_acc_drop=baseline["test_acc"] - scores["test_acc"], wm_acc=scores["wm_acc"],
                              threshold=threshold))
-    return baseline, found
+    return baseline, found, proxies
 
 
 def write_report(path: str, scheme: str, seed: int, yardsticks: Yardsticks, threshold: float,
@@ -86,7 +117,8 @@ def write_report(path: str, scheme: str, seed: int, yardsticks: Yardsticks, thre
              f"The adversary judges on {len(yardsticks.holdout)} held-out images of its own and suspects class "
              f"{yardsticks.suspected} (smallest reconstructed trigger). Ownership threshold "
              f"{100 * threshold:.1f} %.", "", report(judged), "",
-             "| removal | held-out acc lost (points) | proxy retention % | test acc lost (points) | wm_acc % |",
+             f"| removal | held-out acc lost (points) | proxy retention % ({yardsticks.proxy.proxy}) | "
+             "test acc lost (points) | wm_acc % |",
              "|---|---|---|---|---|"]
     lines += [f"| {a.label} | {100 * a.estimated_drop:.1f} | {100 * a.proxy_wm_acc:.1f} | "
               f"{100 * a.test_acc_drop:.1f} | {100 * a.wm_acc:.1f} |" for a in found]
@@ -124,17 +156,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     def build(path: Path) -> torch.nn.Module:
         return channels_last_model(load_checkpoint(path).build_model().to(device), params.channels_last).eval()
 
-    yardsticks = Yardsticks(holdout, reconstruction, suspected_class(reconstruction), prepared.on("test", device),
-                            prepared.on("trigger", device))
+    train = adversary_training_images(*prepared.arrays["adversary"], params.data.adversary_holdout, params.seed,
+                                      device)
+    yardsticks = Yardsticks(train, holdout, reconstruction, suspected_class(reconstruction),
+                            prepared.on("test", device), prepared.on("trigger", device), params.robustness,
+                            params.seed)
     scheme = str(prepared.info["scheme"])
     with autocast(params.precision, device), torch.no_grad():
-        baseline, found = judge_attempts({name: build(path) for name, path in paths.items()},
+        baseline, found, proxies = judge_attempts({name: build(path) for name, path in paths.items()},
                                          build(Path(args.models) / "watermarked.pt"), yardsticks, scheme,
                                          params.seed, threshold)
     judged = verdicts(found, params.robustness.budgets)
 
     rows = [{"model": a.label, "holdout_acc_drop": round(a.estimated_drop, 6),
-             "proxy_wm_acc": round(a.proxy_wm_acc, 6), "test_acc_drop": round(a.test_acc_drop, 6),
+             "proxy_wm_acc": round(a.proxy_wm_acc, 6),
+             **{key: round(value, 6) for key, value in proxies[a.label].items()},
+             "test_acc_drop": round(a.test_acc_drop, 6),
              "wm_acc": round(a.wm_acc, 6), "removed": a.removed} for a in found]
     metrics = {**to_metrics(judged), "threshold": threshold, "suspected_class": yardsticks.suspected,
                "holdout_size": len(holdout), "watermarked": {k: round(v, 6) for k, v in baseline.items()},

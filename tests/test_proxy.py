@@ -18,8 +18,16 @@ from wmbench.checkpoint import save_checkpoint
 from wmbench.data import load_dataset
 from wmbench.models import create_model
 from wmbench.params import load_params
-from wmbench.proxy import adversary_holdout, proxy_retention, suspected_class
+from wmbench.proxy import (
+    adversary_holdout,
+    adversary_training_images,
+    proxy_retention,
+    region_retention,
+    suspected_class,
+    trigger_region,
+)
 from wmbench.reconstruct import Reconstruction, save_reconstruction
+from wmbench.seeding import generator
 from wmbench.stage import run_stage
 
 CPU = torch.device("cpu")
@@ -45,6 +53,43 @@ def test_the_true_trigger_reads_as_retained_and_a_blank_one_does_not(watermarked
     assert suspected_class(found) == 0
     assert proxy_retention(model, found, 0, holdout) >= 0.9
     assert proxy_retention(model, found, 1, holdout) <= 0.2  # row 1 is an empty mask: the images unchanged
+
+
+def test_trigger_region_holds_the_support_and_grows_it_by_the_nearest_pixels():
+    mask = torch.zeros(1, 28, 28)
+    mask[0, 20:24, 20:24] = 0.9  # a 4x4 square (16 pixels)
+    mask[0, 2, 2] = 0.01  # below the support's level: not counted
+    region = trigger_region(mask, 2.0)
+    assert region.sum() == 32 and bool((region[0, 20:24, 20:24] == 1).all())
+    grown = region[0].nonzero()
+    assert grown.min() >= 19 and grown.max() <= 24  # the extra 16 pixels touch the square
+    assert trigger_region(mask, 1.0).sum() == 16
+    with pytest.raises(ValueError, match="proxy_area=0.5 must be at least 1"):
+        trigger_region(mask, 0.5)
+
+
+def test_region_proxy_finds_a_mark_that_unlearning_its_exact_pattern_would_hide(watermarked):
+    """A pattern re-optimised around the trigger reads the watermarked model as marked and an untrained one as not,
+    and leaves the model's weights and gradients as they were."""
+    prepared, params, model, _ = watermarked
+    arrays = prepared.arrays["adversary"]
+    holdout = adversary_holdout(*arrays, 0.2, params.seed, CPU)
+    train = adversary_training_images(*arrays, 0.2, params.seed, CPU)
+    assert len(train) + len(holdout) == len(arrays[1])
+    found = true_trigger(params)
+    region = trigger_region(found.masks[0], 2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    marked = region_retention(model, region, 0, train, holdout, 60, generator(0, "proxy"))
+    assert marked >= 0.9
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all((g is None and p.grad is None) or torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(),
+                                                                                      strict=True))
+    torch.manual_seed(0)
+    untrained = create_model("lenet", **prepared.arch_kwargs()).eval()
+    assert region_retention(untrained, region, 0, train, holdout, 60, generator(0, "proxy")) < marked
+    again = region_retention(model, region, 0, train, holdout, 60, generator(0, "proxy"))
+    assert again == marked  # same seed, same figure
 
 
 def test_the_held_out_slice_is_the_remove_stages_and_none_is_refused(watermarked):
@@ -79,6 +124,8 @@ def test_stage_picks_on_the_adversarys_figures_and_writes_the_verdict(watermarke
     metrics = json.loads((tmp_path / "r.json").read_text())
     attempts = metrics["attempts"]
     assert attempts["finetune"]["holdout_acc_drop"] == 0 and attempts["finetune"]["proxy_wm_acc"] >= 0.9
+    assert attempts["finetune"]["proxy_wm_acc"] == attempts["finetune"]["region_wm_acc"]  # the default proxy
+    assert attempts["finetune"]["trigger_wm_acc"] >= 0.9
     assert attempts["scratch"]["holdout_acc_drop"] > 0.5  # an untrained net: out of every budget
     for key in ("within_0_5", "within_1", "within_2"):
         verdict = metrics["content"][key]
