@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -70,14 +71,14 @@ class Yardsticks:
     suspected: int
     test: DeviceData
     trigger: DeviceData
-    proxy: RobustnessParams
+    settings: RobustnessParams
     seed: int
 
-    @property
+    @cached_property
     def region(self) -> torch.Tensor:
         """Where the region proxy re-optimises its pattern: around the suspected class's reconstructed mask."""
         mask = self.reconstruction.masks[self.reconstruction.row(self.suspected)].float()
-        return trigger_region(mask, self.proxy.proxy_area)
+        return trigger_region(mask, self.settings.proxy_area)
 
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
         """Both proxies (``proxy_wm_acc`` is the one ``robustness.proxy`` names) and the true figures; the region
@@ -85,9 +86,9 @@ class Yardsticks:
         figures = {"holdout_acc": accuracy(model, self.holdout),
                    "trigger_wm_acc": proxy_retention(model, self.reconstruction, self.suspected, self.holdout),
                    "region_wm_acc": region_retention(
-                       model, self.region, self.suspected, self.train, self.holdout, self.proxy.proxy_steps,
+                       model, self.region, self.suspected, self.train, self.holdout, self.settings.proxy_steps,
                        generator(self.seed, "proxy", self.train.device))}
-        return {**figures, "proxy_wm_acc": figures[f"{self.proxy.proxy}_wm_acc"],
+        return {**figures, "proxy_wm_acc": figures[f"{self.settings.proxy}_wm_acc"],
                 "test_acc": accuracy(model, self.test), "wm_acc": accuracy(model, self.trigger)}
 
 
@@ -117,7 +118,7 @@ def write_report(path: str, scheme: str, seed: int, yardsticks: Yardsticks, thre
              f"The adversary judges on {len(yardsticks.holdout)} held-out images of its own and suspects class "
              f"{yardsticks.suspected} (smallest reconstructed trigger). Ownership threshold "
              f"{100 * threshold:.1f} %.", "", report(judged), "",
-             f"| removal | held-out acc lost (points) | proxy retention % ({yardsticks.proxy.proxy}) | "
+             f"| removal | held-out acc lost (points) | proxy retention % ({yardsticks.settings.proxy}) | "
              "test acc lost (points) | wm_acc % |",
              "|---|---|---|---|---|"]
     lines += [f"| {a.label} | {100 * a.estimated_drop:.1f} | {100 * a.proxy_wm_acc:.1f} | "

@@ -26,7 +26,7 @@ def test_project_params_file_is_valid():
          r"holdout_pool=0.02 reserves images .* data.adversary_holdout is 0 \(no slice\)"),
         ({"robustness": {"budgets": [1]}}, r"robustness.budgets=\[1.0\]: give accuracy losses as fractions"),
         ({"robustness": {"budgets": 0.01}}, r"robustness.budgets must be a list"),
-        ({"robustness": {"proxy": "regoin"}}, r"robustness.proxy='regoin' is not a proxy; use one of \['region'"),
+        ({"robustness": {"proxy": "regoin"}}, r"robustness.proxy='regoin'; valid: region, trigger"),
         ({"robustness": {"proxy_area": 0.5}}, r"robustness.proxy_area=0.5 must be at least 1"),
         ({"robustness": {"proxy_steps": 0}}, r"robustness.proxy_steps=0 must be at least 1"),
         ({"train": {"epochs": "ten"}}, r"train.epochs='ten' is a str; expected int"),

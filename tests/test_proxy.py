@@ -17,7 +17,7 @@ from tests.conftest import write_params
 from wmbench.checkpoint import save_checkpoint
 from wmbench.data import load_dataset
 from wmbench.models import create_model
-from wmbench.params import load_params
+from wmbench.params import RobustnessParams, load_params
 from wmbench.proxy import (
     adversary_holdout,
     adversary_training_images,
@@ -29,6 +29,7 @@ from wmbench.proxy import (
 from wmbench.reconstruct import Reconstruction, save_reconstruction
 from wmbench.seeding import generator
 from wmbench.stage import run_stage
+from wmbench.training import DeviceData
 
 CPU = torch.device("cpu")
 
@@ -68,28 +69,44 @@ def test_trigger_region_holds_the_support_and_grows_it_by_the_nearest_pixels():
         trigger_region(mask, 0.5)
 
 
-def test_region_proxy_finds_a_mark_that_unlearning_its_exact_pattern_would_hide(watermarked):
-    """A pattern re-optimised around the trigger reads the watermarked model as marked and an untrained one as not,
-    and leaves the model's weights and gradients as they were."""
+def test_region_proxy_reads_the_marked_model_high_an_untrained_one_low_and_touches_neither(watermarked):
+    """A pattern re-optimised around the trigger reads the watermarked model as marked and an untrained one as not;
+    the model's weights, gradients and train/eval mode are as they were."""
     prepared, params, model, _ = watermarked
     arrays = prepared.arrays["adversary"]
     holdout = adversary_holdout(*arrays, 0.2, params.seed, CPU)
     train = adversary_training_images(*arrays, 0.2, params.seed, CPU)
-    assert len(train) + len(holdout) == len(arrays[1])
     found = true_trigger(params)
     region = trigger_region(found.masks[0], 2.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    model.train()
     marked = region_retention(model, region, 0, train, holdout, 60, generator(0, "proxy"))
-    assert marked >= 0.9
+    assert marked >= 0.9 and model.training
+    model.eval()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all((g is None and p.grad is None) or torch.equal(g, p.grad) for g, p in zip(grads, model.parameters(),
                                                                                       strict=True))
     torch.manual_seed(0)
     untrained = create_model("lenet", **prepared.arch_kwargs()).eval()
-    assert region_retention(untrained, region, 0, train, holdout, 60, generator(0, "proxy")) < marked
+    assert region_retention(untrained, region, 0, train, holdout, 60, generator(0, "proxy")) < 0.5
     again = region_retention(model, region, 0, train, holdout, 60, generator(0, "proxy"))
     assert again == marked  # same seed, same figure
+
+
+@pytest.mark.parametrize("proxy", ["region", "trigger"])
+def test_the_attempt_carries_the_proxy_robustness_proxy_names(proxy, monkeypatch):
+    monkeypatch.setattr(robustness, "proxy_retention", lambda *args: 0.25)
+    monkeypatch.setattr(robustness, "region_retention", lambda *args: 0.75)
+    monkeypatch.setattr(robustness, "accuracy", lambda *args: 0.5)
+    blank = DeviceData(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    found = Reconstruction(torch.full((10, 1, 28, 28), 0.5), torch.zeros(10, 1, 28, 28), torch.ones(10),
+                           torch.zeros(10))
+    yardsticks = robustness.Yardsticks(blank.images, blank, found, 0, blank, blank, RobustnessParams(proxy=proxy),
+                                       seed=0)
+    figures = yardsticks.measure(torch.nn.Identity())
+    assert figures["trigger_wm_acc"] == 0.25 and figures["region_wm_acc"] == 0.75
+    assert figures["proxy_wm_acc"] == {"trigger": 0.25, "region": 0.75}[proxy]
 
 
 def test_the_held_out_slice_is_the_remove_stages_and_none_is_refused(watermarked):
