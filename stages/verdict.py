@@ -116,6 +116,11 @@ def yardstick_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+PROXY_TEXT = {  # robustness.proxy, as the report's first paragraph says it (wmbench.proxy)
+    "region": "a pattern it re-optimises on each removed model around Neural Cleanse's trigger for the class it "
+              "suspects (`robustness.proxy: region`)",
+    "trigger": "Neural Cleanse's trigger for the class it suspects (`robustness.proxy: trigger`)",
+}
 OWN_SLICE = " (images of its own the owner never trained on: `data.holdout_pool`)"
 
 
@@ -159,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"# Can an adversary remove the watermark? {params.data.name}, `{params.model.arch}`, "
             f"seeds {', '.join(str(m['seed']) for m in seeds)}",
             f"Each seed's adversary trains on {100 * (1 - holdout):g} % of its images and chooses on the other "
-            f"{100 * holdout:g} %{OWN_SLICE if params.data.holdout_pool else ''} and Neural Cleanse's trigger for the "
-            "class it suspects; test accuracy and the "
+            f"{100 * holdout:g} %{OWN_SLICE if params.data.holdout_pool else ''}, judging retention by "
+            f"{PROXY_TEXT[params.robustness.proxy]}; test accuracy and the "
             "owner's trigger set are measured after it chose. A watermark is removed within N points only when "
             "every seed's pick is below that seed's ownership threshold and lost at most N points on the test set.",
             tables, "## Every model, mean ± spread over seeds, beside the papers", summary_table(rows, raw),
