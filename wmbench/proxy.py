@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wmbench.data import adversary_holdout_split
-from wmbench.reconstruct import Reconstruction, mad_anomaly
+from wmbench.reconstruct import Reconstruction, inspecting, mad_anomaly
 from wmbench.training import DeviceData, accuracy
 
 
@@ -67,11 +67,21 @@ def suspected_class(reconstruction: Reconstruction) -> int:
 @torch.no_grad()
 def proxy_retention(model: nn.Module, reconstruction: Reconstruction, label: int, holdout: DeviceData) -> float:
     """Share of ``holdout`` images not of class ``label`` that ``label``'s reconstructed trigger sends to it."""
+    return _share_sent_to(model, reconstruction.stamp(_other_classes(holdout, label), label), label)
+
+
+def _other_classes(holdout: DeviceData, label: int) -> torch.Tensor:
+    """The held-out images not of class ``label``: the ones a trigger for ``label`` can move."""
     others = holdout.labels != label
     if not bool(others.any()):
         raise ValueError(f"every held-out image is of class {label}; the proxy needs images of other classes")
-    stamped = reconstruction.stamp(holdout.images[others], label)
-    return accuracy(model, DeviceData(stamped, torch.full_like(holdout.labels[others], label)))
+    return holdout.images[others]
+
+
+@torch.no_grad()
+def _share_sent_to(model: nn.Module, stamped: torch.Tensor, label: int) -> float:
+    """Share of ``stamped`` images ``model`` classifies as ``label``."""
+    return accuracy(model, DeviceData(stamped, torch.full((len(stamped),), label, device=stamped.device)))
 
 
 SUPPORT_LEVEL = 0.05  # mask values above this make up the reconstructed trigger's support
@@ -105,25 +115,18 @@ def region_retention(model: nn.Module, region: torch.Tensor, label: int, train: 
     model runs in eval mode (its own mode restored after); its weights and gradients are untouched. On CUDA a
     model whose backward pass has no deterministic kernel (adaptive pooling) may read differently run to run.
     """
-    others = holdout.labels != label
-    if not bool(others.any()):
-        raise ValueError(f"every held-out image is of class {label}; the proxy needs images of other classes")
+    others = _other_classes(holdout, label)
     region = region.to(train)
     free = torch.zeros((train.shape[1], *region.shape[1:]), device=train.device, requires_grad=True)
     optimizer = torch.optim.Adam([free], lr=lr)
     target = torch.full((batch_size,), label, device=train.device)
-    was_training = model.training
-    model.eval()  # no dropout, no batch-norm statistics updated by the search
-    try:
-        with torch.enable_grad():
-            for _ in range(steps):
-                batch = train[torch.randint(0, len(train), (batch_size,), generator=generator, device=train.device)]
-                loss = F.cross_entropy(model((1 - region) * batch + region * torch.sigmoid(free)), target)
-                (free.grad,) = torch.autograd.grad(loss, free)  # the pattern's gradient only; the model's untouched
-                optimizer.step()
-    finally:
-        model.train(was_training)
-    pattern = torch.sigmoid(free.detach())
-    stamped = (1 - region) * holdout.images[others] + region * pattern
-    with torch.no_grad():
-        return accuracy(model, DeviceData(stamped, torch.full_like(holdout.labels[others], label)))
+
+    def stamp(images: torch.Tensor) -> torch.Tensor:
+        return (1 - region) * images + region * torch.sigmoid(free)
+
+    with inspecting(model), torch.enable_grad():  # eval mode, weights frozen, both restored after
+        for _ in range(steps):
+            batch = train[torch.randint(0, len(train), (batch_size,), generator=generator, device=train.device)]
+            (free.grad,) = torch.autograd.grad(F.cross_entropy(model(stamp(batch)), target), free)
+            optimizer.step()
+    return _share_sent_to(model, stamp(others).detach(), label)

@@ -176,7 +176,7 @@ def neural_cleanse(
     epochs count on across ``settings.restarts``). The returned ``epochs`` is the
     total over restarts.
     """
-    with _inspecting(model):
+    with inspecting(model):
         num_classes = _num_classes(model, images)
         chosen = list(range(num_classes)) if classes is None else [int(k) for k in classes]
         bad = [k for k in chosen if not 0 <= k < num_classes]
@@ -432,8 +432,9 @@ def _uniform(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor
 
 
 @contextmanager
-def _inspecting(model: nn.Module) -> Iterator[None]:
-    """Eval mode and frozen weights for the search; the mode and ``requires_grad`` flags restored after."""
+def inspecting(model: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen weights for a trigger search (here and :mod:`wmbench.proxy`); the mode and
+    ``requires_grad`` flags restored after."""
     was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
     model.eval()
