@@ -53,8 +53,9 @@ def regions(mask: Any) -> dict[str, Any]:
     return found
 
 
-def probe_cell(seed: int, scheme: str, fraction: str, steps: int) -> list[dict[str, Any]]:
-    """Every proxy of the watermarked and every removed model of one cell."""
+def probe_cell(seed: int, scheme: str, fraction: str, steps: int,
+               experiment: Path = EXPERIMENT) -> list[dict[str, Any]]:
+    """Every proxy of the watermarked and every removed model of one cell of ``experiment``."""
     import torch
 
     from wmbench.checkpoint import load_checkpoint
@@ -72,7 +73,7 @@ def probe_cell(seed: int, scheme: str, fraction: str, steps: int) -> list[dict[s
 
     torch.set_num_threads(1)
     device = torch.device("cpu")
-    cell = EXPERIMENT / "work" / f"seed{seed}" / scheme / fraction
+    cell = experiment / "work" / f"seed{seed}" / scheme / fraction
     params = load_params(cell / "params.yaml")
     prepared = load_prepared(cell / "prepared")
     arrays = prepared.arrays["adversary"]
@@ -81,7 +82,7 @@ def probe_cell(seed: int, scheme: str, fraction: str, steps: int) -> list[dict[s
     found = load_reconstruction(cell / "reconstruct" / "triggers.npz", device)
     suspected = suspected_class(found)
     areas = regions(found.masks[found.row(suspected)].float())
-    cells = json.loads((EXPERIMENT / "cells" / f"seed{seed}.json").read_text())["cells"]
+    cells = json.loads((experiment / "cells" / f"seed{seed}.json").read_text())["cells"]
     figures = cells[scheme]["fraction_" + fraction.replace(".", "_")]
     models = {"watermarked": cell / "models" / "watermarked.pt"}
     models.update({p.stem: p for p in sorted((cell / "models" / "removed").glob("*.pt"))})
@@ -130,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=150, help="Adam steps per pattern (robustness.proxy_steps)")
     parser.add_argument("--jobs", type=int, default=2, help="cells at once, one torch thread each")
     parser.add_argument("--out", default="results/proxy_probe.csv", help="one row per model")
+    parser.add_argument("--experiment", type=Path, default=EXPERIMENT,
+                        help=f"a copy of {EXPERIMENT} run on other seeds (grid.yaml `seeds`), for an out-of-sample "
+                             f"check; default: {EXPERIMENT}")
     parser.add_argument("--summary", metavar="CSV", help="print the per-cell summary of a saved probe and stop")
     args = parser.parse_args(argv)
 
@@ -143,9 +147,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
 
     for seed in args.seeds:
-        if not (EXPERIMENT / "work" / f"seed{seed}").is_dir():
-            raise SystemExit(f"{EXPERIMENT}/work/seed{seed} is missing: run `dvc repro` in {EXPERIMENT} first")
-    cells = [(s, m, f, args.steps) for s in args.seeds for m in args.schemes for f in args.fractions]
+        if not (args.experiment / "work" / f"seed{seed}").is_dir():
+            raise SystemExit(f"{args.experiment}/work/seed{seed} is missing: run `dvc repro` in {args.experiment} "
+                             "first (its grid.yaml `seeds` listing this seed)")
+    cells = [(s, m, f, args.steps, args.experiment) for s in args.seeds for m in args.schemes for f in args.fractions]
     with ProcessPoolExecutor(args.jobs) as pool:
         found = list(pool.map(probe_cell, *zip(*cells, strict=True)))
     rows = [row for cell in found for row in cell]

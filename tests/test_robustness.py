@@ -61,6 +61,21 @@ def test_a_seed_with_nothing_in_budget_survives():
     assert verdict.stat("wm_acc") == (0.0, 0.0)  # the one pick's figures
 
 
+def test_seeds_that_pick_differently_are_each_named():
+    """One name only when every seed made the same pick; otherwise each seed's, so no setting hides another."""
+    same = [attempt(seed=k) for k in (0, 1)]
+    assert verdicts(same, budgets=[0.01])[0].method == "wild_js@beta=1"
+    mixed = [attempt(seed=0, setting="a"), attempt(seed=1, setting="b"), attempt(seed=1, setting="a", proxy=0.5),
+             attempt(seed=3, setting="a")]
+    (verdict,) = verdicts(mixed, budgets=[0.01])
+    assert verdict.method == "seed 0: wild_js@a; seed 1: wild_js@b; seed 3: wild_js@a"
+    assert to_metrics([verdict])["square"]["within_1"]["method"] == verdict.method
+    (verdict,) = verdicts([attempt(seed=0), attempt(seed=1, estimated=0.05)], budgets=[0.01])
+    assert verdict.method == "seed 0: wild_js@beta=1; seed 1: none"
+    (verdict,) = verdicts([attempt(seed=0, estimated=0.05)], budgets=[0.01])
+    assert verdict.method == "none"
+
+
 def test_verdict_per_scheme_and_budget_with_mean_and_spread():
     attempts = [attempt(scheme=s, seed=k, wm=w, drop=d) for s in ("noise", "square")
                 for k, (w, d) in enumerate([(0.02, 0.01), (0.04, 0.03)])]

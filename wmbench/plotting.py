@@ -232,6 +232,22 @@ def plot_vanilla_threshold(rows: Sequence[Record], threshold: float, path: str |
     save_figure(figure, path)
 
 
+def _legend_name(label: str, width: int = 40) -> str:
+    """A pick's name for the legend: each seed's pick (``seed 0: a; seed 1: b``) on its own line, a long setting
+    broken after its ``+`` into lines of about ``width`` characters."""
+    lines = []
+    for part in label.split("; "):
+        line = ""
+        for piece in part.replace("+", "+\0").split("\0"):
+            if line and len(line) + len(piece) > width:
+                lines.append(line)
+                line = "  " + piece
+            else:
+                line += piece
+        lines.append(line)
+    return "\n  ".join(lines)
+
+
 def plot_robustness_frontier(
     curves: Mapping[str, Sequence[tuple[float, float, str]]],
     picks: Mapping[float, tuple[float, float, str] | None],
@@ -264,9 +280,9 @@ def plot_robustness_frontier(
     for rank, ((drop, wm, label), budgets) in enumerate(budgets_of.items()):
         within = ", ".join(f"{100 * b:g}" for b in sorted(budgets))
         axes.scatter([100 * drop], [100 * wm], s=180, facecolors="none", edgecolors="black", zorder=4,
-                     label=f"pick {rank + 1}, within {within} pt:\n  " + label.replace("+", "+\n  "))
+                     label=f"pick {rank + 1}, within {within} pt:\n  " + _legend_name(label))
         axes.annotate(f"pick {rank + 1}", (100 * drop, 100 * wm), textcoords="offset points",
-                      xytext=(0, 12 + 9 * rank), fontsize=7, ha="center")
+                      xytext=(10, -3), fontsize=7, ha="left")
     axes.axhline(100 * threshold, color="tab:red", ls="--", lw=1.2,
                  label=f"{threshold_label} {100 * threshold:.1f}%")
     axes.set_xlabel("test accuracy lost (points)")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,11 +71,13 @@ def split_label(label: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Verdict:
-    """The adversary's picks for one watermark and budget, one per seed (None: nothing fit the budget)."""
+    """The adversary's picks for one watermark and budget, one per seed of ``seeds`` (None: nothing fit the
+    budget)."""
 
     scheme: str
     budget: float
     picks: tuple[Attempt | None, ...]
+    seeds: tuple[int, ...]
 
     @property
     def chosen(self) -> list[Attempt]:
@@ -99,9 +100,14 @@ class Verdict:
 
     @property
     def method(self) -> str:
-        """The most common pick (method and setting), ``none`` when no seed had one."""
-        counts = Counter(pick.label for pick in self.chosen)
-        return counts.most_common(1)[0][0] if counts else "none"
+        """The pick (method and setting) when every seed made the same one, ``none`` when no seed had one, else
+        each seed's (``seed 0: a; seed 1: b``): naming only the most common pick hid that seeds disagree."""
+        labels = [pick.label if pick is not None else "none" for pick in self.picks]
+        if not self.chosen:
+            return "none"
+        if len(set(labels)) == 1:
+            return labels[0]
+        return "; ".join(f"seed {seed}: {label}" for seed, label in zip(self.seeds, labels, strict=True))
 
     def stat(self, field: str) -> tuple[float, float]:
         """Mean and population standard deviation of ``field`` over the picks (NaN when none)."""
@@ -141,7 +147,7 @@ def verdicts(attempts: Sequence[Attempt], budgets: Sequence[float] = BUDGETS) ->
         seeds = sorted({a.seed for a in mine})
         for budget in budgets:
             picks = tuple(choose((a for a in mine if a.seed == seed), budget) for seed in seeds)
-            result.append(Verdict(scheme, budget, picks))
+            result.append(Verdict(scheme, budget, picks, tuple(seeds)))
     return result
 
 
