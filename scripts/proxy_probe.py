@@ -123,6 +123,31 @@ def summary(rows: list[dict[str, Any]]) -> str:
     return head + " " + "; ".join(parts)
 
 
+def verdict_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per proxy, watermark and budget, how many seeds' picks (the adversary choosing by that proxy,
+    :func:`wmbench.robustness.verdicts`) went below their threshold within the budget on the test set, and the
+    picks' mean true retention: what each proxy would have made of the verdict."""
+    from wmbench.robustness import BUDGETS, Attempt, split_label, verdicts
+
+    lines = ["| proxy | watermark | " + " | ".join(f"within {100 * b:g} pt" for b in BUDGETS) + " |",
+             "|---|---|" + "---|" * len(BUDGETS)]
+    removed = [row for row in rows if row["model"] != "watermarked"]
+    for key in ("trigger", *REGIONS):
+        attempts = [Attempt(scheme=str(r["scheme"]), method=split_label(str(r["model"]))[0],
+                            setting=split_label(str(r["model"]))[1], seed=int(r["seed"]),
+                            estimated_drop=float(r["holdout_acc_drop"]), proxy_wm_acc=float(r[key]),
+                            test_acc_drop=float(r["test_acc_drop"]), wm_acc=float(r["wm_acc"]),
+                            threshold=float(r["threshold"])) for r in removed]
+        found = verdicts(attempts)
+        for scheme in sorted({a.scheme for a in attempts}):
+            cells = []
+            for verdict in (v for v in found if v.scheme == scheme):
+                below = sum(verdict.succeeded(pick) for pick in verdict.picks)
+                cells.append(f"{below}/{len(verdict.picks)} ({100 * verdict.stat('wm_acc')[0]:.1f} %)")
+            lines.append(f"| {key} | {scheme} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
@@ -144,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             saved = list(csv.DictReader(f))
         for key in dict.fromkeys((r["seed"], r["scheme"], r["adversary_fraction"]) for r in saved):
             print(summary([r for r in saved if (r["seed"], r["scheme"], r["adversary_fraction"]) == key]))
+        for fraction in dict.fromkeys(r["adversary_fraction"] for r in saved):
+            print(f"\nThe verdict by each proxy, adversary fraction {float(fraction):g}: seeds removed (picks' mean "
+                  f"retention)\n")
+            print(verdict_table([r for r in saved if r["adversary_fraction"] == fraction]))
         return
 
     for seed in args.seeds:
