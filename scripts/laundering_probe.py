@@ -45,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"on the flagged class at {' and '.join(map(str, EPOCHS))} epochs")
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), help="default: " + " ".join(SCHEMES))
     parser.add_argument("--fractions", nargs="+", default=list(FRACTIONS), help="default: " + " ".join(FRACTIONS))
+    parser.add_argument("--experiment", type=Path, default=EXPERIMENT,
+                        help=f"a copy of {EXPERIMENT} run on other seeds (grid.yaml `seeds`); default: {EXPERIMENT}")
     args = parser.parse_args(argv)
 
     from stages.grid import Variant, parse_variants, variant_params
@@ -59,12 +61,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from wmbench.jobs import Job, run_jobs
     from wmbench.verdict import fraction_key
 
-    current = yaml.safe_load((EXPERIMENT / "params.yaml").read_text())
+    current = yaml.safe_load((args.experiment / "params.yaml").read_text())
     jobs, runs = [], []
     for seed in args.seeds:
-        seed_work = EXPERIMENT / "work" / f"seed{seed}"
+        seed_work = args.experiment / "work" / f"seed{seed}"
         if not seed_work.is_dir():
-            raise SystemExit(f"{seed_work} is missing: run `dvc repro` in {EXPERIMENT} first (it leaves the models)")
+            raise SystemExit(f"{seed_work} is missing: run `dvc repro` in {args.experiment} first "
+                             "(it leaves the models)")
         for scheme in args.schemes:
             for fraction in args.fractions:
                 cell = seed_work / scheme / fraction
@@ -89,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_jobs(jobs, args.jobs, say=print)
 
     rows, grids = [], {}
-    cells = {seed: read_json(EXPERIMENT / "cells" / f"seed{seed}.json")["cells"] for seed in args.seeds}
+    cells = {seed: read_json(args.experiment / "cells" / f"seed{seed}.json")["cells"] for seed in args.seeds}
     for seed, scheme, fraction, label, method, out in runs:
         if (seed, scheme, fraction, method) not in grids:
             cell = cells[seed][scheme][fraction_key(float(fraction))]
