@@ -116,6 +116,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = [row for f in files for row in rows_from(f)]
     write_csv_atomic(args.out, [{k: row[k] for k in COLUMNS} for row in rows])
     print(table(rows))
+    print(noise_verdict(args.seeds))
+
+
+def noise_verdict(seeds: Sequence[int]) -> str:
+    """The verdict stage's choice (:mod:`wmbench.robustness`) on ``noise``, among Laundering's settings only (the
+    noise grid runs no other method): per fraction, the markdown table of ``report.md``."""
+    from stages.verdict import gather
+    from wmbench.files import read_json
+    from wmbench.robustness import report, verdicts
+
+    attempts, _ = gather([read_json(NOISE / f"seed{s}.json") for s in seeds])
+    return "\n".join(f"\nnoise, adversary fraction {fraction:g}, the adversary choosing among Laundering's "
+                     f"settings:\n\n{report(verdicts(found))}" for fraction, found in attempts.items())
 
 
 if __name__ == "__main__":
