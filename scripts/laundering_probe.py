@@ -7,8 +7,8 @@ fifth does not repair Algorithm 1's resets (tests/test_laundering.py's model:
 74 % test accuracy against 85 % with ``all``; 86 % with flagged at 44 epochs,
 ``all``'s number of steps). This re-runs ``remove@laundering`` on the full-size
 experiment's watermarked models (``experiments/fashion_mnist/work/seed<k>/``,
-left by ``dvc repro`` there) with flagged at more epochs, everything else as
-the grid ran it (the cell's params file, data, Neural Cleanse output and
+left by ``dvc repro`` there; ``--experiment`` reads a copy run on other seeds)
+with flagged at more epochs, everything else as the grid ran it (the cell's params file, data, Neural Cleanse output and
 held-out slice), and writes one row per run beside the grid's own flagged (8
 epochs) and ``all`` rows. ``holdout_acc_drop`` is what an adversary sees.
 

@@ -5,7 +5,8 @@ compute (:mod:`wmbench.proxy`). The reconstructed trigger itself
 (``trigger``) is what Laundering retrains against (Aiken et al., Sec. 4
 Step 3): every Laundering setting drives it to 1-3 % whatever it leaves of
 the true mark. This re-measures, on the full-size experiment's removed models
-(``experiments/fashion_mnist/work/seed<k>/``, left by ``dvc repro`` there),
+(``experiments/fashion_mnist/work/seed<k>/``, left by ``dvc repro`` there; ``--experiment`` reads a copy
+of the experiment run on other seeds instead),
 the ``trigger`` proxy and a pattern re-optimised on each removed model
 (:func:`wmbench.proxy.region_retention`) in regions of several sizes around
 the suspected class's reconstructed mask:
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -96,6 +98,8 @@ def probe_cell(seed: int, scheme: str, fraction: str, steps: int,
         for key, region in areas.items():
             row[key] = round(region_retention(model, region, suspected, train, holdout, steps,
                                               generator(params.seed, "proxy", device)), 4)
+        if name != "watermarked" and name not in figures["attempts"]:
+            continue  # a model file the grid did not judge (a stale work folder): no figures to set it beside
         true = figures["attempts"].get(name, {"holdout_acc_drop": 0.0, "test_acc_drop": 0.0,
                                               "wm_acc": figures["watermarked"]["wm_acc"]})
         row.update({key: true[key] for key in ("holdout_acc_drop", "test_acc_drop", "wm_acc")})
@@ -143,7 +147,9 @@ def verdict_table(rows: list[dict[str, Any]]) -> str:
             cells = []
             for verdict in (v for v in found if v.scheme == scheme):
                 below = sum(verdict.succeeded(pick) for pick in verdict.picks)
-                cells.append(f"{below}/{len(verdict.picks)} ({100 * verdict.stat('wm_acc')[0]:.1f} %)")
+                mean = verdict.stat("wm_acc")[0]
+                kept = "-" if math.isnan(mean) else f"{100 * mean:.1f} %"
+                cells.append(f"{below}/{len(verdict.picks)} ({kept}; {len(verdict.chosen)} picked)")
             lines.append(f"| {key} | {scheme} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -106,3 +106,14 @@ def test_watermark_examples_cover_every_registered_scheme(inputs):
 def test_read_csv_returns_numbers(tmp_path):
     write_csv_atomic(tmp_path / "a.csv", [{"epoch": 1, "wm_acc": 0.5, "model": "finetune"}])
     assert read_csv(tmp_path / "a.csv") == [{"epoch": 1, "wm_acc": 0.5, "model": "finetune"}]
+
+
+def test_frontier_legend_puts_each_seeds_pick_on_its_own_line():
+    """The frontier plot's legend: one line per seed's pick, a long setting broken after a ``+``."""
+    from wmbench.plotting import _legend_name
+
+    name = _legend_name("seed 0: laundering@conv_threshold=2+dense_threshold=4+epochs=24; seed 1: none")
+    lines = name.split("\n")
+    assert lines[0].startswith("seed 0: laundering@conv_threshold=2+") and lines[-1].strip() == "seed 1: none"
+    assert all(len(line) <= 44 for line in lines) and "".join(s.strip() for s in lines[:-1]).endswith("epochs=24")
+    assert _legend_name("finetune") == "finetune"

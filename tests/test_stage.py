@@ -88,7 +88,8 @@ def test_threads_are_set_and_recorded(prepared_dir, tmp_path):
     assert json.loads((tmp_path / "e.json").read_text())["threads"] == 2
     settings = json.loads((tmp_path / "e.settings.json").read_text())
     assert settings["threads"] == 2 and settings["train"]["epochs"] == 1 and settings["stage"] == "embed"
-    assert {"seed", "device", "precision", "data", "model", "wmbench", "torch"} <= set(settings)
+    assert {"seed", "device", "precision", "data", "model", "wmbench", "torch", "cpu"} <= set(settings)
+    assert settings["cpu"].endswith(")") and "(" in settings["cpu"]  # model and torch's vector code
 
 
 def test_threads_default_to_one_and_zero_means_every_core():

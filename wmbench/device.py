@@ -18,3 +18,19 @@ def resolve_device(name: str = "auto") -> torch.device:
                 f"device={name!r} but only {torch.cuda.device_count()} GPU(s) exist"
             )
     return device
+
+
+def cpu_name() -> str:
+    """The CPU's model and the vector code torch uses on it, e.g. ``AMD EPYC (AVX512)``: float results, and through
+    training every figure, differ between CPUs (README, "Across machines"), so a run records which one made it."""
+    import platform
+    from pathlib import Path
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()})"

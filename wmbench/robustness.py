@@ -79,6 +79,10 @@ class Verdict:
     picks: tuple[Attempt | None, ...]
     seeds: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        if len(self.seeds) != len(self.picks):
+            raise ValueError(f"{self.scheme} within {self.budget}: {len(self.picks)} picks for {len(self.seeds)} seeds")
+
     @property
     def chosen(self) -> list[Attempt]:
         return [pick for pick in self.picks if pick is not None]

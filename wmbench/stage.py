@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from wmbench import __version__
-from wmbench.device import resolve_device
+from wmbench.device import cpu_name, resolve_device
 from wmbench.files import write_json_atomic
 from wmbench.params import Params, ParamsError, load_params
 from wmbench.precision import check_supported
@@ -92,6 +92,7 @@ def run_settings(stage: str, params: Params, device: torch.device | None = None,
         "stage": stage,
         "wmbench": __version__,
         "torch": torch.__version__,
+        "cpu": cpu_name(),
         "seed": params.seed,
         "threads": params.threads,
         "device": str(device) if device is not None else params.device,
@@ -133,7 +134,8 @@ def write_settings(
     """Write ``settings`` beside the run's ``metrics`` (:func:`settings_path`; not a metric), and say so in one line."""
     path = settings_path(metrics, explicit)
     write_json_atomic(path, settings)
-    own = {k: v for k, v in settings.items() if k not in ("stage", "wmbench", "torch", "data", "watermark", "model")}
+    shared = ("stage", "wmbench", "torch", "cpu", "data", "watermark", "model")
+    own = {k: v for k, v in settings.items() if k not in shared}
     print(f"{settings['stage']}: settings {_inline(own)} -> {path}")
 
 
