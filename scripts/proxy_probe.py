@@ -87,7 +87,9 @@ def probe_cell(seed: int, scheme: str, fraction: str, steps: int,
     cells = json.loads((experiment / "cells" / f"seed{seed}.json").read_text())["cells"]
     figures = cells[scheme]["fraction_" + fraction.replace(".", "_")]
     models = {"watermarked": cell / "models" / "watermarked.pt"}
-    models.update({p.stem: p for p in sorted((cell / "models" / "removed").glob("*.pt"))})
+    # only the models the grid judged: a stale work folder's other files have no figures to set beside them
+    removed = sorted((cell / "models" / "removed").glob("*.pt"))
+    models.update({p.stem: p for p in removed if p.stem in figures["attempts"]})
     rows = []
     for name, path in models.items():
         model = load_checkpoint(path).build_model().to(device).eval()
@@ -98,8 +100,6 @@ def probe_cell(seed: int, scheme: str, fraction: str, steps: int,
         for key, region in areas.items():
             row[key] = round(region_retention(model, region, suspected, train, holdout, steps,
                                               generator(params.seed, "proxy", device)), 4)
-        if name != "watermarked" and name not in figures["attempts"]:
-            continue  # a model file the grid did not judge (a stale work folder): no figures to set it beside
         true = figures["attempts"].get(name, {"holdout_acc_drop": 0.0, "test_acc_drop": 0.0,
                                               "wm_acc": figures["watermarked"]["wm_acc"]})
         row.update({key: true[key] for key in ("holdout_acc_drop", "test_acc_drop", "wm_acc")})
@@ -137,8 +137,7 @@ def verdict_table(rows: list[dict[str, Any]]) -> str:
              "|---|---|" + "---|" * len(BUDGETS)]
     removed = [row for row in rows if row["model"] != "watermarked"]
     for key in ("trigger", *REGIONS):
-        attempts = [Attempt(scheme=str(r["scheme"]), method=split_label(str(r["model"]))[0],
-                            setting=split_label(str(r["model"]))[1], seed=int(r["seed"]),
+        attempts = [Attempt(str(r["scheme"]), *split_label(str(r["model"])), int(r["seed"]),
                             estimated_drop=float(r["holdout_acc_drop"]), proxy_wm_acc=float(r[key]),
                             test_acc_drop=float(r["test_acc_drop"]), wm_acc=float(r["wm_acc"]),
                             threshold=float(r["threshold"])) for r in removed]
