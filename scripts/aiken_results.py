@@ -35,7 +35,7 @@ import yaml
 
 from bench.wild_grid import run_quietly, set_dotted, write_yaml
 from wmbench.jobs import Job, run_jobs
-from wmbench.verdict import mean_spread
+from wmbench.robustness import mean_spread
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMES = ("square", "content", "noise")  # the default grid

@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      "wm_acc": probe["wm_acc"], "seconds": probe["time_s"]})
     write_csv_atomic(args.out, rows)
 
-    from wmbench.verdict import mean_spread
+    from wmbench.robustness import mean_spread
 
     groups: dict[tuple, list[dict]] = {}
     for row in rows:

@@ -77,7 +77,7 @@ def rows_from(cells_file: Path) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """Mean ± std over seeds (population, as the report) per scheme, fraction and setting, in points and %."""
-    from wmbench.verdict import mean_spread
+    from wmbench.robustness import mean_spread
 
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:

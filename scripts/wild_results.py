@@ -43,7 +43,7 @@ import yaml
 from bench.wild_grid import run_quietly, set_dotted, write_yaml
 from scripts.aiken_results import SCHEME_SETTINGS, SCHEMES, merge, read_csv, thresholds, write_csv
 from wmbench.jobs import Job, run_jobs
-from wmbench.verdict import mean_spread
+from wmbench.robustness import mean_spread
 
 FRACTION = 0.1  # WILD's 10 %
 PAPER_BETA = {"wild_ce": 0.1, "wild_js": 1.0}  # WILD Table I, MNIST

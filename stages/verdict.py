@@ -29,10 +29,10 @@ from typing import Any
 import yaml
 
 from wmbench.files import read_json, write_csv_atomic, write_json_atomic, write_text_atomic
-from wmbench.robustness import Attempt, split_label
+from wmbench.robustness import Attempt, mean_spread, split_label
 from wmbench.stage import SETTINGS_HELP, run_stage, stage_parser, writing_outputs
 from wmbench.sweep import dotted, paper_cell, paper_references
-from wmbench.verdict import fraction_key, judge_fractions, mean_spread
+from wmbench.verdict import fraction_key, judge_fractions
 
 
 def gather(seeds: Sequence[dict[str, Any]]) -> tuple[dict[float, list[Attempt]], list[dict[str, Any]]]:

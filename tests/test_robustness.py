@@ -74,6 +74,8 @@ def test_seeds_that_pick_differently_are_each_named():
     assert verdict.method == "seed 0: wild_js@beta=1; seed 1: none"
     (verdict,) = verdicts([attempt(seed=0, estimated=0.05)], budgets=[0.01])
     assert verdict.method == "none"
+    # the report shows no figures for no pick rather than "nan ± nan"
+    assert "| square | 1 | none | - | - | 0/1 | survives 1 point |" in report([verdict])
 
 
 def test_verdict_per_scheme_and_budget_with_mean_and_spread():

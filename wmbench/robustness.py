@@ -173,17 +173,24 @@ def to_metrics(found: Sequence[Verdict]) -> dict[str, dict[str, dict[str, Any]]]
     return metrics
 
 
+def mean_spread(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``12.3 ± 4.5`` (mean and population standard deviation, in percent by default); ``-`` when empty."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "-"
+    return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * statistics.pstdev(values):.{digits}f}"
+
+
 def report(found: Sequence[Verdict]) -> str:
     """Markdown: one row per watermark and budget, the measured figures of the adversary's picks."""
     lines = ["| watermark | budget (points) | adversary's pick | test acc lost (points) | wm_acc % | "
              "removed within budget | verdict |", "|---|---|---|---|---|---|---|"]
     for verdict in found:
-        wm, wm_std = verdict.stat("wm_acc")
-        drop, drop_std = verdict.stat("test_acc_drop")
         below = sum(verdict.succeeded(pick) for pick in verdict.picks)
         lines.append(f"| {verdict.scheme} | {100 * verdict.budget:g} | {verdict.method} | "
-                     f"{100 * drop:.1f} ± {100 * drop_std:.1f} | {100 * wm:.1f} ± {100 * wm_std:.1f} | "
-                     f"{below}/{len(verdict.picks)} | {verdict.text} |")
+                     f"{mean_spread([p.test_acc_drop for p in verdict.chosen])} | "
+                     f"{mean_spread([p.wm_acc for p in verdict.chosen])} | {below}/{len(verdict.picks)} | "
+                     f"{verdict.text} |")
     return "\n".join(lines)
 
 

@@ -6,8 +6,6 @@ Shared by the full-size experiments' ``verdict`` stage and ``scripts/sweep.py``
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,9 +39,3 @@ def judge_fractions(attempts: Mapping[float, Sequence[Attempt]], plots: Path, pr
     return "\n\n".join(parts), metrics
 
 
-def mean_spread(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
-    """``12.3 ± 4.5`` (mean and population standard deviation, in percent by default); ``-`` when empty."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return "-"
-    return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * statistics.pstdev(values):.{digits}f}"
