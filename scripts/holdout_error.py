@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-EXPERIMENT = Path("experiments/fashion_mnist")
+from scripts.experiment_work import EXPERIMENT, add_experiment_argument, seed_work
 
 
 def paired_drop(correct_before: Any, correct_after: Any) -> tuple[float, float]:
@@ -56,7 +56,7 @@ def measure_cell(seed: int, scheme: str, fraction: str, experiment: Path = EXPER
 
     torch.set_num_threads(1)
     device = torch.device("cpu")
-    cell = experiment / "work" / f"seed{seed}" / scheme / fraction
+    cell = seed_work(experiment, seed) / scheme / fraction
     params = load_params(cell / "params.yaml")
     prepared = load_prepared(cell / "prepared")
     sets = {"holdout": adversary_holdout(*prepared.arrays["adversary"], params.data.adversary_holdout, params.seed,
@@ -110,8 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--schemes", nargs="+", default=["square", "content"], help="default: square content")
     parser.add_argument("--fractions", nargs="+", default=["0.1"], help="default: 0.1")
     parser.add_argument("--out", default="results/holdout_error.csv", help="one row per removed model")
-    parser.add_argument("--experiment", type=Path, default=EXPERIMENT,
-                        help=f"a copy of {EXPERIMENT} run on other seeds; default: {EXPERIMENT}")
+    add_experiment_argument(parser)
     parser.add_argument("--summary", metavar="CSV", help="print the per-cell summary of a saved probe and stop")
     args = parser.parse_args(argv)
 
@@ -122,9 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(summary(list(csv.DictReader(f))))
         return
     for seed in args.seeds:
-        if not (args.experiment / "work" / f"seed{seed}").is_dir():
-            raise SystemExit(f"{args.experiment}/work/seed{seed} is missing: run `dvc repro` in {args.experiment} "
-                             "first (its grid.yaml `seeds` listing this seed)")
+        seed_work(args.experiment, seed)  # every seed's models before any is read
     rows = [row for seed in args.seeds for scheme in args.schemes for fraction in args.fractions
             for row in measure_cell(seed, scheme, fraction, args.experiment)]
     write_csv_atomic(args.out, rows)

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import yaml
 
-EXPERIMENT = Path("experiments/fashion_mnist")
+from scripts.experiment_work import add_experiment_argument, seed_work
+
 SCHEMES = ("square", "content")  # the grid's
 FRACTIONS = ("0.1", "0.006")
 EPOCHS = (24, 44)  # flagged's epochs: about half and all of `all`'s steps at its 8 epochs
@@ -45,8 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"on the flagged class at {' and '.join(map(str, EPOCHS))} epochs")
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), help="default: " + " ".join(SCHEMES))
     parser.add_argument("--fractions", nargs="+", default=list(FRACTIONS), help="default: " + " ".join(FRACTIONS))
-    parser.add_argument("--experiment", type=Path, default=EXPERIMENT,
-                        help=f"a copy of {EXPERIMENT} run on other seeds (grid.yaml `seeds`); default: {EXPERIMENT}")
+    add_experiment_argument(parser)
     args = parser.parse_args(argv)
 
     from stages.grid import Variant, parse_variants, variant_params
@@ -61,16 +61,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from wmbench.jobs import Job, run_jobs
     from wmbench.verdict import fraction_key
 
+    works = {seed: seed_work(args.experiment, seed) for seed in args.seeds}  # every seed's models before any work
     current = yaml.safe_load((args.experiment / "params.yaml").read_text())
     jobs, runs = [], []
-    for seed in args.seeds:
-        seed_work = args.experiment / "work" / f"seed{seed}"
-        if not seed_work.is_dir():
-            raise SystemExit(f"{seed_work} is missing: run `dvc repro` in {args.experiment} first "
-                             "(it leaves the models)")
+    for seed, work in works.items():
         for scheme in args.schemes:
             for fraction in args.fractions:
-                cell = seed_work / scheme / fraction
+                cell = work / scheme / fraction
                 cell_params = yaml.safe_load((cell / "params.yaml").read_text())
                 for method, settings_ in current["removal"].items():  # keys added since the grid ran, at their default
                     cell_params["removal"][method] = {**settings_, **cell_params["removal"].get(method, {})}
@@ -83,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     jobs.append(Job(f"seed{seed} {scheme}-{fraction} {label}", "stages.grid:stage", (
                         "remove", ["--params", str(out / "params.yaml"), "--method", variant.method,
                                    "--prepared", str(cell / "prepared"),
-                                   "--model", str(seed_work / scheme / "0.1" / "models" / "watermarked.pt"),
+                                   "--model", str(work / scheme / "0.1" / "models" / "watermarked.pt"),
                                    "--out", str(out / "model.pt"), "--metrics", str(out / "metrics.json"),
                                    "--plot", str(out / "curve.csv"), "--settings", str(out / "settings.json"),
                                    "--reconstruct", str(cell / "reconstruct")]), str(Path(args.work) / "log"),

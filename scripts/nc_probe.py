@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-EXPERIMENT = Path("experiments/fashion_mnist")
+from scripts.experiment_work import EXPERIMENT, seed_work
+
 SETTINGS = {  # name -> reconstruct.* overrides
     "class defaults (x1.5, 0.99)": {},
     "authors' script (x2, 1.0)": {"cost_multiplier": 2.0, "early_stop_threshold": 1.0},
@@ -79,17 +80,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         return target
 
     for seed in args.seeds:
-        seed_work = EXPERIMENT / "work" / f"seed{seed}"
-        if not seed_work.is_dir():
-            raise SystemExit(f"{seed_work} is missing: run `dvc repro` in {EXPERIMENT} first (it leaves the models)")
-        first_cell = seed_work / args.schemes[0] / args.fractions[0]
-        clean = sorted((seed_work / "clean").glob("seed*.pt"))[0]
+        work = seed_work(EXPERIMENT, seed)
+        first_cell = work / args.schemes[0] / args.fractions[0]
+        clean = sorted((work / "clean").glob("seed*.pt"))[0]
         for setting in SETTINGS:
             search(seed, f"clean {clean.stem}", args.fractions[0], first_cell, clean, setting)
         for scheme in args.schemes:
             for fraction in args.fractions:
-                cell = seed_work / scheme / fraction
-                target = search(seed, scheme, fraction, cell, seed_work / scheme / "0.1" / "models" / "watermarked.pt",
+                cell = work / scheme / fraction
+                target = search(seed, scheme, fraction, cell, work / scheme / "0.1" / "models" / "watermarked.pt",
                                 "authors' script (x2, 1.0)")
                 runs.append((seed, scheme, fraction, GRID, cell, target))
     run_jobs(jobs, args.jobs, say=print)

@@ -38,7 +38,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-EXPERIMENT = Path("experiments/fashion_mnist")
+from scripts.experiment_work import EXPERIMENT, add_experiment_argument, seed_work
+
 REGIONS = ("area1", "area2", "area3", "ring1", "ring2")
 
 
@@ -75,7 +76,7 @@ def probe_cell(seed: int, scheme: str, fraction: str, steps: int,
 
     torch.set_num_threads(1)
     device = torch.device("cpu")
-    cell = experiment / "work" / f"seed{seed}" / scheme / fraction
+    cell = seed_work(experiment, seed) / scheme / fraction
     params = load_params(cell / "params.yaml")
     prepared = load_prepared(cell / "prepared")
     arrays = prepared.arrays["adversary"]
@@ -161,9 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=150, help="Adam steps per pattern (robustness.proxy_steps)")
     parser.add_argument("--jobs", type=int, default=2, help="cells at once, one torch thread each")
     parser.add_argument("--out", default="results/proxy_probe.csv", help="one row per model")
-    parser.add_argument("--experiment", type=Path, default=EXPERIMENT,
-                        help=f"a copy of {EXPERIMENT} run on other seeds (grid.yaml `seeds`), for an out-of-sample "
-                             f"check; default: {EXPERIMENT}")
+    add_experiment_argument(parser)
     parser.add_argument("--summary", metavar="CSV", help="print the per-cell summary of a saved probe and stop")
     args = parser.parse_args(argv)
 
@@ -181,9 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
 
     for seed in args.seeds:
-        if not (args.experiment / "work" / f"seed{seed}").is_dir():
-            raise SystemExit(f"{args.experiment}/work/seed{seed} is missing: run `dvc repro` in {args.experiment} "
-                             "first (its grid.yaml `seeds` listing this seed)")
+        seed_work(args.experiment, seed)  # every seed's models before any is read
     cells = [(s, m, f, args.steps, args.experiment) for s in args.seeds for m in args.schemes for f in args.fractions]
     with ProcessPoolExecutor(args.jobs) as pool:
         found = list(pool.map(probe_cell, *zip(*cells, strict=True)))

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-EXPERIMENT = Path("experiments/fashion_mnist")
+from scripts.experiment_work import EXPERIMENT, seed_work
+
 RUNS = (("square", "0.1", "wild_ce"), ("square", "0.1", "laundering"), ("square", "0.1", "finetune"),
         ("content", "0.1", "laundering"), ("content", "0.1", "wild_ce"), ("square", "0.1", "wild_js"))
 
@@ -61,16 +62,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     from wmbench.jobs import Job, run_jobs
     from wmbench.verdict import fraction_key
 
-    seed_work = EXPERIMENT / "work" / f"seed{args.seed}"
-    if not seed_work.is_dir():
-        raise SystemExit(f"{seed_work} is missing: run `dvc repro` in {EXPERIMENT} first (it leaves the models)")
+    work = seed_work(EXPERIMENT, args.seed)
     jobs = []
     for scheme, fraction, method in RUNS:
-        cell, out = seed_work / scheme / fraction, Path(args.work) / scheme / fraction / method
+        cell, out = work / scheme / fraction, Path(args.work) / scheme / fraction / method
         extra = ["--reconstruct", str(cell / "reconstruct")] if method == "laundering" else []
         jobs.append(Job(f"{scheme}-{fraction} {method}", "scripts.rmsprop_probe:corrected_remove", ([
             "--params", str(cell / "params.yaml"), "--method", method, "--prepared", str(cell / "prepared"),
-            "--model", str(seed_work / scheme / "0.1" / "models" / "watermarked.pt"), "--out", str(out / "model.pt"),
+            "--model", str(work / scheme / "0.1" / "models" / "watermarked.pt"), "--out", str(out / "model.pt"),
             "--metrics", str(out / "metrics.json"), "--plot", str(out / "curve.csv"),
             "--settings", str(out / "settings.json"), *extra],), str(Path(args.work) / "log")))
     run_jobs(jobs, args.jobs)
