@@ -9,13 +9,21 @@ models there (untracked); a probe re-reads them instead of training again.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 EXPERIMENT = Path("experiments/fashion_mnist")
 
 
-def add_experiment_argument(parser: argparse.ArgumentParser) -> None:
-    """``--experiment``: the experiment folder whose models a probe reads."""
+def add_cell_arguments(parser: argparse.ArgumentParser, schemes: Sequence[str] = ("square", "content"),
+                       fractions: Sequence[str] = ("0.1",), experiment: bool = True) -> None:
+    """``--seeds``, ``--schemes``, ``--fractions``: which of the experiment's cells a probe reads, and
+    ``--experiment`` (unless ``experiment`` is false: a probe tied to the committed experiment's cells)."""
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
+    parser.add_argument("--schemes", nargs="+", default=list(schemes), help="default: " + " ".join(schemes))
+    parser.add_argument("--fractions", nargs="+", default=list(fractions), help="default: " + " ".join(fractions))
+    if not experiment:
+        return
     parser.add_argument("--experiment", type=Path, default=EXPERIMENT,
                         help=f"a copy of {EXPERIMENT} run on other seeds (grid.yaml `seeds`), for an out-of-sample "
                              f"check; default: {EXPERIMENT}")

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.experiment_work import EXPERIMENT, add_experiment_argument, seed_work
+from scripts.experiment_work import EXPERIMENT, add_cell_arguments, seed_work
 
 
 def paired_drop(correct_before: Any, correct_after: Any) -> tuple[float, float]:
@@ -106,11 +106,8 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
-    parser.add_argument("--schemes", nargs="+", default=["square", "content"], help="default: square content")
-    parser.add_argument("--fractions", nargs="+", default=["0.1"], help="default: 0.1")
+    add_cell_arguments(parser)
     parser.add_argument("--out", default="results/holdout_error.csv", help="one row per removed model")
-    add_experiment_argument(parser)
     parser.add_argument("--summary", metavar="CSV", help="print the per-cell summary of a saved probe and stop")
     args = parser.parse_args(argv)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from scripts.experiment_work import add_experiment_argument, seed_work
+from scripts.experiment_work import add_cell_arguments, seed_work
 
 SCHEMES = ("square", "content")  # the grid's
 FRACTIONS = ("0.1", "0.006")
@@ -38,15 +38,12 @@ EPOCHS = (24, 44)  # flagged's epochs: about half and all of `all`'s steps at it
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
     parser.add_argument("--work", default="/tmp/laundering_probe", help="folder for the probe's models")
     parser.add_argument("--jobs", type=int, default=2, help="removals at once, one torch thread each")
     parser.add_argument("--out", default="results/laundering_probe.csv", help="one row per run")
     parser.add_argument("--variants", default="", help="method@key=value[+key=value],... instead of Laundering "
                         f"on the flagged class at {' and '.join(map(str, EPOCHS))} epochs")
-    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), help="default: " + " ".join(SCHEMES))
-    parser.add_argument("--fractions", nargs="+", default=list(FRACTIONS), help="default: " + " ".join(FRACTIONS))
-    add_experiment_argument(parser)
+    add_cell_arguments(parser, SCHEMES, FRACTIONS)
     args = parser.parse_args(argv)
 
     from stages.grid import Variant, parse_variants, variant_params

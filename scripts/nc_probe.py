@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from scripts.experiment_work import EXPERIMENT, seed_work
+from scripts.experiment_work import EXPERIMENT, add_cell_arguments, seed_work
 
 SETTINGS = {  # name -> reconstruct.* overrides
     "class defaults (x1.5, 0.99)": {},
@@ -50,9 +50,7 @@ def nc_row(folder: Path, metrics: dict[str, Any], target: int) -> dict[str, Any]
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
-    parser.add_argument("--schemes", nargs="+", default=["square", "content"], help="default: square content")
-    parser.add_argument("--fractions", nargs="+", default=["0.1"], help="default: 0.1")
+    add_cell_arguments(parser, experiment=False)
     parser.add_argument("--work", default="/tmp/nc_probe", help="folder for the probe's searches")
     parser.add_argument("--jobs", type=int, default=2, help="searches at once, one torch thread each")
     parser.add_argument("--out", default="results/nc_probe.csv", help="one row per search")

@@ -38,7 +38,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from scripts.experiment_work import EXPERIMENT, add_experiment_argument, seed_work
+from scripts.experiment_work import EXPERIMENT, add_cell_arguments, seed_work
 
 REGIONS = ("area1", "area2", "area3", "ring1", "ring2")
 
@@ -156,13 +156,10 @@ def verdict_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
-    parser.add_argument("--schemes", nargs="+", default=["square", "content"], help="default: square content")
-    parser.add_argument("--fractions", nargs="+", default=["0.1"], help="default: 0.1")
+    add_cell_arguments(parser)
     parser.add_argument("--steps", type=int, default=150, help="Adam steps per pattern (robustness.proxy_steps)")
     parser.add_argument("--jobs", type=int, default=2, help="cells at once, one torch thread each")
     parser.add_argument("--out", default="results/proxy_probe.csv", help="one row per model")
-    add_experiment_argument(parser)
     parser.add_argument("--summary", metavar="CSV", help="print the per-cell summary of a saved probe and stop")
     args = parser.parse_args(argv)
 
