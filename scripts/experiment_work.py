@@ -16,13 +16,13 @@ EXPERIMENT = Path("experiments/fashion_mnist")
 
 
 def add_cell_arguments(parser: argparse.ArgumentParser, schemes: Sequence[str] = ("square", "content"),
-                       fractions: Sequence[str] = ("0.1",), experiment: bool = True) -> None:
+                       fractions: Sequence[str] = ("0.1",), with_experiment: bool = True) -> None:
     """``--seeds``, ``--schemes``, ``--fractions``: which of the experiment's cells a probe reads, and
-    ``--experiment`` (unless ``experiment`` is false: a probe tied to the committed experiment's cells)."""
+    ``--experiment`` (unless ``with_experiment`` is false: a probe tied to the committed experiment's cells)."""
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="default: 0 1 2")
     parser.add_argument("--schemes", nargs="+", default=list(schemes), help="default: " + " ".join(schemes))
     parser.add_argument("--fractions", nargs="+", default=list(fractions), help="default: " + " ".join(fractions))
-    if not experiment:
+    if not with_experiment:
         return
     parser.add_argument("--experiment", type=Path, default=EXPERIMENT,
                         help=f"a copy of {EXPERIMENT} run on other seeds (grid.yaml `seeds`), for an out-of-sample "

@@ -1,20 +1,26 @@
 """Probe: how far the adversary's held-out slice can be trusted to tell a removal's accuracy cost.
 
 The adversary of the ``robustness`` stage picks, within each budget, the
-removal whose estimated accuracy loss on its held-out slice (``data.adversary_holdout``
-of its images) is within the budget; the verdict then counts a seed as removed
-only if the loss on the owner's test set is too. Where the two disagree by
-about the budget's size, the verdict turns on sampling error. This re-measures,
-on the full-size experiment's models (``experiments/fashion_mnist/work/seed<k>/``,
+removal of lowest proxy retention among those whose accuracy loss on its
+held-out slice (``data.adversary_holdout`` of its images) fits the budget
+(:func:`wmbench.robustness.choose`); the verdict then counts a seed as removed
+only if that pick is below the ownership threshold and its loss on the owner's
+test set fits the budget too. Where the two losses disagree by about the
+budget's size, the verdict turns on sampling error. This re-measures, on the
+full-size experiment's models (``experiments/fashion_mnist/work/seed<k>/``,
 left by ``dvc repro`` there; ``--experiment`` reads a copy run on other
 seeds), each removal's loss against the watermarked model on both sets with its
 *paired* standard error: the mean and sample deviation, over images, of
 ``correct(watermarked) - correct(removed)`` (the models agree on most images,
-so the paired error is far below the unpaired binomial one). The slice and the
-test set are independent samples (``data.holdout_pool``: the owner never
-trained on the slice), so the held-out minus test loss should spread as
-``sqrt(se_holdout^2 + se_test^2)``: the summary says how many attempts lie
-within two of those.
+so the paired error is far below the unpaired binomial one). With
+``data.holdout_pool`` > 0 the slice and the test set are independent samples
+that no model trained on, so the held-out minus test loss should spread as
+``sqrt(se_holdout^2 + se_test^2)``; the summary says how many attempts lie
+within two of those. The attempts of a cell share its images and watermarked
+model, so their errors are correlated (a shared offset, the watermarked
+model's own luck on the slice): the count describes a cell, it is not a
+coverage rate over independent trials. Each row's losses are checked against
+the grid's own figures, so the probe measures what the verdict judged.
 
     OMP_NUM_THREADS=1 python -m scripts.holdout_error --experiment experiments/fashion_mnist \\
         --schemes square content noise --fractions 0.1 0.006 --out results/holdout_error.csv
@@ -29,12 +35,19 @@ import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scripts.experiment_work import EXPERIMENT, add_cell_arguments, seed_work
 
+if TYPE_CHECKING:
+    import torch
 
-def paired_drop(correct_before: Any, correct_after: Any) -> tuple[float, float]:
+    from wmbench.training import DeviceData
+
+TOLERANCE = 1e-5  # the grid rounds its figures to 6 decimals
+
+
+def paired_drop(correct_before: torch.Tensor, correct_after: torch.Tensor) -> tuple[float, float]:
     """Accuracy lost from ``before`` to ``after`` on the same images, and its paired standard error."""
     diff = correct_before.float() - correct_after.float()
     n = diff.numel()
@@ -43,30 +56,47 @@ def paired_drop(correct_before: Any, correct_after: Any) -> tuple[float, float]:
     return float(diff.mean()), float(diff.std(correction=1)) / math.sqrt(n)
 
 
+def judged_sets(cell: Path) -> dict[str, DeviceData]:
+    """The cell's held-out slice and test set, as the ``robustness`` stage reads them; refuses a cell whose slice
+    the owner trained on (no pool) or whose models ran other than fp32 and standard layout."""
+    import torch
+
+    from wmbench.params import load_params
+    from wmbench.prepared import load_prepared
+    from wmbench.proxy import adversary_holdout
+
+    params = load_params(cell / "params.yaml")
+    if params.data.holdout_pool <= 0:
+        raise SystemExit(f"{cell}: data.holdout_pool is 0, so the held-out slice is part of the owner's training "
+                         "data and its error is a bias, not sampling error; this probe needs a pool (the experiment "
+                         "sets 0.02)")
+    if params.precision != "fp32" or params.channels_last:
+        raise SystemExit(f"{cell}: precision {params.precision}, channels_last {params.channels_last}; this probe "
+                         "re-measures fp32 models in the standard layout only")
+    device = torch.device("cpu")
+    prepared = load_prepared(cell / "prepared")
+    return {"holdout": adversary_holdout(*prepared.arrays["adversary"], params.data.adversary_holdout, params.seed,
+                                         device),
+            "test": prepared.on("test", device)}
+
+
 def measure_cell(seed: int, scheme: str, fraction: str, experiment: Path = EXPERIMENT) -> list[dict[str, Any]]:
-    """Each judged removal's loss on the held-out slice and the test set, with paired standard errors."""
+    """Each judged removal's loss on the held-out slice and the test set, with paired standard errors; stops if
+    a loss differs from the grid's own figure (the probe would not be measuring what the verdict judged)."""
     import torch
 
     from wmbench.checkpoint import load_checkpoint
     from wmbench.files import read_json
-    from wmbench.params import load_params
-    from wmbench.prepared import load_prepared
-    from wmbench.proxy import adversary_holdout
     from wmbench.training import predict
+    from wmbench.verdict import fraction_key
 
     torch.set_num_threads(1)
-    device = torch.device("cpu")
     cell = seed_work(experiment, seed) / scheme / fraction
-    params = load_params(cell / "params.yaml")
-    prepared = load_prepared(cell / "prepared")
-    sets = {"holdout": adversary_holdout(*prepared.arrays["adversary"], params.data.adversary_holdout, params.seed,
-                                         device),
-            "test": prepared.on("test", device)}
-    figures = read_json(experiment / "cells" / f"seed{seed}.json")["cells"][scheme][
-        "fraction_" + fraction.replace(".", "_")]
+    sets = judged_sets(cell)
+    figures = read_json(experiment / "cells" / f"seed{seed}.json")["cells"][scheme][fraction_key(float(fraction))]
 
-    def correct(path: Path) -> dict[str, Any]:
-        model = load_checkpoint(path).build_model().to(device).eval()
+    def correct(path: Path) -> dict[str, torch.Tensor]:
+        model = load_checkpoint(path).build_model().eval()
         with torch.no_grad():
             return {key: predict(model, data) == data.labels for key, data in sets.items()}
 
@@ -78,10 +108,11 @@ def measure_cell(seed: int, scheme: str, fraction: str, experiment: Path = EXPER
                                "holdout_size": len(sets["holdout"]), "test_size": len(sets["test"])}
         for key in sets:
             drop, se = paired_drop(before[key], after[key])
+            if abs(drop - attempt[f"{key}_acc_drop"]) > TOLERANCE:
+                raise SystemExit(f"seed {seed} {scheme} {fraction} {name}: {key} loss {drop:.6f} here, "
+                                 f"{attempt[f'{key}_acc_drop']} in the grid's figures; the work folder is not the "
+                                 "one the cells came from")
             row[f"{key}_acc_drop"], row[f"{key}_se"] = round(drop, 6), round(se, 6)
-        # the grid's own figures, to show that this measures what it judged
-        row["grid_holdout_acc_drop"] = attempt["holdout_acc_drop"]
-        row["grid_test_acc_drop"] = attempt["test_acc_drop"]
         rows.append(row)
     return rows
 
@@ -96,11 +127,12 @@ def summary(rows: list[dict[str, Any]]) -> str:
         error = [float(r["holdout_acc_drop"]) - float(r["test_acc_drop"]) for r in cell]
         spread = [math.hypot(float(r["holdout_se"]), float(r["test_se"])) for r in cell]
         within = sum(abs(e) <= 2 * s for e, s in zip(error, spread, strict=True))
+        deviation = f"{100 * statistics.stdev(error):.2f}" if len(error) > 1 else "-"
         lines.append(
             f"| {key[0]} | {key[1]} | {float(key[2]):g} | {cell[0]['holdout_size']} | {len(cell)} "
             f"| {100 * statistics.median(float(r['holdout_se']) for r in cell):.2f} "
             f"| {100 * statistics.median(float(r['test_se']) for r in cell):.2f} "
-            f"| {100 * statistics.fmean(error):+.2f} | {100 * statistics.stdev(error):.2f} | {within}/{len(cell)} |")
+            f"| {100 * statistics.fmean(error):+.2f} | {deviation} | {within}/{len(cell)} |")
     return "\n".join(lines)
 
 

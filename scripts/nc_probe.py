@@ -50,7 +50,7 @@ def nc_row(folder: Path, metrics: dict[str, Any], target: int) -> dict[str, Any]
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_cell_arguments(parser, experiment=False)
+    add_cell_arguments(parser, with_experiment=False)
     parser.add_argument("--work", default="/tmp/nc_probe", help="folder for the probe's searches")
     parser.add_argument("--jobs", type=int, default=2, help="searches at once, one torch thread each")
     parser.add_argument("--out", default="results/nc_probe.csv", help="one row per search")

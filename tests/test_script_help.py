@@ -8,7 +8,8 @@ import sys
 import pytest
 
 MODULES = ("scripts.aiken_results", "scripts.wild_results", "scripts.sweep", "scripts.rmsprop_probe",
-           "scripts.holdout_error", "scripts.proxy_probe", "scripts.laundering_probe", "bench.wild_grid",
+           "scripts.holdout_error", "scripts.proxy_probe", "scripts.laundering_probe", "scripts.nc_probe",
+           "bench.wild_grid",
            "bench.stage_speed", "bench.train_speed", "bench.threads", "bench.reconstruct_speed", "stages.grid",
            "stages.verdict")
 
@@ -23,9 +24,18 @@ def test_help_prints_and_exits_cleanly(name, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["scripts.holdout_error", "scripts.proxy_probe", "scripts.laundering_probe"])
-def test_probes_name_the_run_that_leaves_the_models(name, tmp_path):
-    """A probe on an experiment folder without models stops before any work, naming the command that makes them."""
+def test_probes_check_every_seed_before_any_work(name, tmp_path):
+    """A probe stops before reading any cell when one seed's models are missing (seed 0's folder exists but is
+    empty: reading it first would fail on its missing files instead), naming the command that makes them."""
+    (tmp_path / "work" / "seed0").mkdir(parents=True)
     with pytest.raises(SystemExit, match=r"work/seed7 is missing: run `dvc repro` in .* listing 7"):
-        importlib.import_module(name).main(["--experiment", str(tmp_path), "--seeds", "7", "--out",
+        importlib.import_module(name).main(["--experiment", str(tmp_path), "--seeds", "0", "7", "--out",
                                             str(tmp_path / "out.csv")])
-    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize(("name", "argv"), [("scripts.nc_probe", ["--seeds", "7"]),
+                                             ("scripts.rmsprop_probe", ["--seed", "7"])])
+def test_probes_of_the_committed_experiment_name_the_missing_run(name, argv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no experiments/fashion_mnist/work here
+    with pytest.raises(SystemExit, match=r"experiments/fashion_mnist/work/seed7 is missing: run `dvc repro`"):
+        importlib.import_module(name).main([*argv, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o.csv")])
