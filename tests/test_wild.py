@@ -86,7 +86,8 @@ def test_unknown_divergence_or_normalization_names_the_valid_ones():
     ("name", "key", "value"),
     [("wild_js", "copies", 0), ("wild_ce", "lr", 0.0), ("wild_dn", "discriminator_lr", -1.0),
      ("wild_ce", "feature_temperature", 0.0), ("wild_js", "feature_normalization", "l2"),
-     ("wild_dn", "distill_weight", 1.5), ("wild_js", "erase_probability", 0.0)],
+     ("wild_dn", "distill_weight", 1.5), ("wild_js", "erase_probability", 0.0),
+     ("wild_ce", "erase_max_area", 0.01), ("wild_js", "momentum", 1.0)],
 )
 def test_bad_wild_settings_name_the_key(name, key, value):
     with pytest.raises(ParamsError, match=rf"removal\.{name}.*{key}={value!r}"):
@@ -128,9 +129,46 @@ def test_erase_probability_leaves_the_other_copies_clean():
 
     images = torch.rand(50, 1, 12, 12, generator=torch.Generator().manual_seed(0))
     for probability, low, high in ((1.0, 0, 0), (0.5, 0.35, 0.65)):
-        batch, n = _erased_pairs(images, 10, torch.Generator().manual_seed(1), "uniform", probability)
+        batch, n = _erased_pairs(images, 10, torch.Generator().manual_seed(1), WildParams(), probability)
         clean = (batch[n:] == images.repeat(10, 1, 1, 1)).flatten(1).all(1).float().mean().item()
         assert low <= clean <= high, (probability, clean)
+
+
+def test_erase_max_area_bounds_the_rectangles():
+    """erase_max_area (Zhong et al.'s s_h): no erased copy has more of the image changed than it allows."""
+    from wmbench.removal.wild import _erased_pairs
+
+    images = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    shares = {}
+    for area in (0.4, 0.1):
+        batch, n = _erased_pairs(images, 1, torch.Generator().manual_seed(1), WildParams(erase_max_area=area))
+        changed = (batch[n:] != images).flatten(1).float().mean(1)
+        # rounding the rectangle's sides to whole pixels can add a little over the drawn area
+        assert changed.max().item() <= area * 1.2 + 2 / 28, (area, changed.max().item())
+        shares[area] = changed.mean().item()
+    assert shares[0.1] < shares[0.4] / 2, shares
+
+
+def test_momentum_reaches_the_optimizer_and_adam_refuses_it(watermarked, monkeypatch):
+    """momentum is handed to the model's optimizer (SGD here); with Adam, which has none, it is refused."""
+    from wmbench.removal import wild as module
+
+    with pytest.raises(ParamsError, match=r"removal\.wild_ce.*momentum=0\.9 with optimizer adam"):
+        parse_params(small_params(removal={"wild_ce": {"momentum": 0.9, "optimizer": "adam"}}))
+    built = []
+    make = module.make_optimizer
+
+    def spy(*args, **kwargs):
+        built.append(make(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(module, "make_optimizer", spy)
+    prepared, params, model, _ = watermarked
+    data = adversary_view(prepared, params, torch.device("cpu"))
+    settings = dataclasses.replace(params.removal.settings["wild_ce"], optimizer="sgd", momentum=0.9, lr=0.01,
+                                   epochs=1)
+    create_removal("wild_ce", settings).remove(model, data)
+    assert isinstance(built[0], torch.optim.SGD) and built[0].param_groups[0]["momentum"] == 0.9
 
 
 def test_wild_with_distillation_trains_erased_copies_towards_the_watermarked_models_softmax(watermarked, monkeypatch):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wmbench.augment import EraseFill, random_erasing
+from wmbench.augment import ERASE_AREA, EraseFill, random_erasing
 from wmbench.params import LrSchedule
 from wmbench.removal.base import REMOVALS, Removal, RemovalData, RemovalResult, TrainingSettings, copy_model
 from wmbench.seeding import derive_seed, seeded_init
@@ -86,6 +86,15 @@ class WildParams(TrainingSettings):
       augmentation. ``gaussian``: N(0.5, 0.5^2) clipped to [0, 1], WILD's own
       wording ("random Gaussian noises", Sec. III-A); the clip saturates about
       a third of the erased values at 0 or 1 (the earlier default).
+    - ``erase_max_area``: the largest share of the image one rectangle
+      covers (Zhong et al.'s s_h, 0.4 there and by default; s_l stays 0.02).
+      Our option, not the paper's (WILD gives no area range): smaller
+      rectangles leave more of each copy intact, the knob that trades
+      removal for accuracy inside the augmentation itself.
+    - ``momentum``: the optimizer's momentum (0 by default: WILD's RMSprop
+      has none, Sec. IV-A). With ``optimizer: sgd`` it gives the SGD with
+      momentum that REFIT's authors and most fine-tuning recipes run; an
+      option to test whether WILD's accuracy cost comes from its optimizer.
     """
 
     epochs: int = 12
@@ -97,9 +106,20 @@ class WildParams(TrainingSettings):
     erase_fill: EraseFill = "uniform"
     erase_probability: float = 1.0
     distill_weight: float = 0.0  # not in the paper: share of the watermarked model's softmax in L_aug's targets
+    erase_max_area: float = ERASE_AREA[1]  # Zhong et al.'s s_h; s_l stays ERASE_AREA[0]
+    momentum: float = 0.0  # the optimizer's; WILD's RMSprop has none
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not ERASE_AREA[0] <= self.erase_max_area <= 1:
+            raise ValueError(f"erase_max_area={self.erase_max_area} is outside [{ERASE_AREA[0]}, 1]: the largest "
+                             f"share of the image a rectangle covers (Zhong et al.: 0.4), at least the smallest, "
+                             f"{ERASE_AREA[0]}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum={self.momentum} is outside [0, 1); 0 for WILD's RMSprop, e.g. 0.9 with sgd")
+        if self.momentum and self.optimizer == "adam":
+            raise ValueError(f"momentum={self.momentum} with optimizer adam, which has no momentum setting; "
+                             "use optimizer sgd or rmsprop, or momentum 0")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"distill_weight={self.distill_weight} is outside [0, 1]; 0 for the paper's labels, "
                              "1 for the watermarked model's probabilities only")
@@ -283,10 +303,15 @@ def _check_classifier(model: nn.Module, name: str) -> None:
 
 
 def _erased_pairs(
-    images: torch.Tensor, copies: int, generator: torch.Generator, fill: EraseFill, probability: float = 1.0
+    images: torch.Tensor, copies: int, generator: torch.Generator, params: WildParams, probability: float = 1.0
 ) -> tuple[torch.Tensor, int]:
-    """Clean images followed by ``copies`` erased copies of them (copy k of image i at n + k*n + i)."""
-    erased = random_erasing(images.repeat(copies, 1, 1, 1), generator, fill=fill, probability=probability)
+    """Clean images followed by ``copies`` erased copies of them (copy k of image i at n + k*n + i).
+
+    The rectangles follow ``params`` (``erase_fill``, ``erase_max_area``); ``probability`` is the chance a
+    copy is erased (``erase_probability`` in training, 1 for the reports).
+    """
+    erased = random_erasing(images.repeat(copies, 1, 1, 1), generator, fill=params.erase_fill,
+                            probability=probability, area=(ERASE_AREA[0], params.erase_max_area))
     return torch.cat([images, erased]), len(images)
 
 
@@ -321,7 +346,7 @@ class _Wild(Removal):
             classification, alignment = self.loss_terms(model, images, labels, erasing)
             return classification + p.beta * alignment
 
-        optimizer = make_optimizer(p.optimizer, model.parameters(), p.lr)
+        optimizer = make_optimizer(p.optimizer, model.parameters(), p.lr, momentum=p.momentum)
         history = fit(model, adversary, optimizer, epochs=p.epochs, batch_size=p.batch_size,
                       generator=data.generator(f"{self.name}-shuffle"), loss_fn=loss_fn,
                       evaluate=data.evaluate, scheduler=make_scheduler(p.lr_schedule, optimizer, p.epochs),
@@ -338,7 +363,7 @@ class _Wild(Removal):
         """
         p = self.params
         # one forward of clean + erased keeps batch-norm statistics shared
-        batch, n = _erased_pairs(images, p.copies, erasing, p.erase_fill, p.erase_probability)
+        batch, n = _erased_pairs(images, p.copies, erasing, p, p.erase_probability)
         features = model.features(batch)
         augmented = features[n:]
         clean = features[:n].detach().flatten(1).repeat(p.copies, 1)  # row k*n + i: image i
@@ -358,7 +383,7 @@ class _Wild(Removal):
         """The alignment term on the adversary's images with one erased copy each, after training."""
         model.eval()
         batch, n = _erased_pairs(data.adversary.images, 1, data.generator(f"{self.name}-report"),
-                                 self.params.erase_fill)
+                                 self.params)
         features = model.features(batch)
         return {"alignment": float(self.alignment(features[:n], features[n:]).item())}
 
@@ -446,7 +471,7 @@ class WildDN(_Wild):
         """Share of clean and erased adversary images the discriminator classifies right, at the end."""
         model.eval()
         batch, n = _erased_pairs(data.adversary.images, 1, data.generator(f"{self.name}-report"),
-                                 self.params.erase_fill)
+                                 self.params)
         judged_clean = self.judge(model.features(batch)) > 0
         truth = torch.arange(len(batch), device=batch.device) < n
         return {"discriminator_acc": float((judged_clean == truth).float().mean().item())}
