@@ -25,6 +25,14 @@ the grid's own figures, so the probe measures what the verdict judged.
     OMP_NUM_THREADS=1 python -m scripts.holdout_error --experiment experiments/fashion_mnist \\
         --schemes square content noise --fractions 0.1 0.006 --out results/holdout_error.csv
     python -m scripts.holdout_error --summary results/holdout_error.csv
+    python -m scripts.holdout_error --summary results/holdout_error.csv --margin 1
+
+``--margin K`` adds the verdict under another rule (docs/design.md): an
+attempt is admissible only when its held-out loss plus K of its paired
+standard errors fits the budget, beside the grid's rule (K = 0); per
+watermark, fraction and budget, the seeds whose pick is then below threshold
+within the budget on the test set. The cells' figures (proxy retention,
+retention, threshold) come from ``--experiment``'s ``cells/seed<k>.json``.
 """
 
 from __future__ import annotations
@@ -136,18 +144,60 @@ def summary(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def margin_counts(rows: list[dict[str, Any]], experiment: Path, margin: float,
+                  budgets: Sequence[float] = (0.005, 0.01, 0.02)) -> str:
+    """Seeds removed within each budget when the adversary admits an attempt only if its held-out loss plus
+    ``margin`` paired standard errors fits (:func:`wmbench.robustness.choose` on the shifted estimate), beside
+    ``margin`` 0, the grid's rule; a markdown table over the cells in ``rows``."""
+    from wmbench.files import read_json
+    from wmbench.robustness import Attempt, choose
+    from wmbench.verdict import fraction_key
+
+    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault((row["scheme"], row["adversary_fraction"], row["seed"]), []).append(row)
+    figures = {key: read_json(experiment / "cells" / f"seed{key[2]}.json")["cells"][key[0]][fraction_key(float(key[1]))]
+               for key in cells}
+
+    def removed(key: tuple[str, str, str], k: float, budget: float) -> bool:
+        """One seed's verdict with the held-out loss shifted by ``k`` standard errors."""
+        cell = figures[key]
+        attempts = [Attempt(key[0], row["model"], "", int(key[2]),
+                            float(row["holdout_acc_drop"]) + k * float(row["holdout_se"]),
+                            cell["attempts"][row["model"]]["proxy_wm_acc"],
+                            cell["attempts"][row["model"]]["test_acc_drop"],
+                            cell["attempts"][row["model"]]["wm_acc"], cell["threshold"]) for row in cells[key]]
+        pick = choose(attempts, budget)
+        return pick is not None and pick.removed and pick.test_acc_drop <= budget
+
+    lines = ["| watermark | fraction | budget (points) | removed, held-out loss | "
+             f"removed, loss + {margin:g} se |", "|---|---|---|---|---|"]
+    for scheme, fraction in dict.fromkeys((key[0], key[1]) for key in cells):
+        keys = [key for key in cells if key[:2] == (scheme, fraction)]
+        for budget in budgets:
+            counts = [f"{sum(removed(key, k, budget) for key in keys)}/{len(keys)}" for k in (0.0, margin)]
+            lines.append(f"| {scheme} | {float(fraction):g} | {100 * budget:g} | {counts[0]} | {counts[1]} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_cell_arguments(parser)
     parser.add_argument("--out", default="results/holdout_error.csv", help="one row per removed model")
     parser.add_argument("--summary", metavar="CSV", help="print the per-cell summary of a saved probe and stop")
+    parser.add_argument("--margin", type=float, metavar="K",
+                        help="with --summary: also the verdict when the held-out loss plus K standard errors must fit")
     args = parser.parse_args(argv)
 
     from wmbench.files import write_csv_atomic
 
     if args.summary:
         with open(args.summary, newline="") as f:
-            print(summary(list(csv.DictReader(f))))
+            rows = list(csv.DictReader(f))
+        print(summary(rows))
+        if args.margin is not None:
+            print()
+            print(margin_counts(rows, args.experiment, args.margin))
         return
     for seed in args.seeds:
         seed_work(args.experiment, seed)  # every seed's models before any is read

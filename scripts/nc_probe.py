@@ -43,6 +43,7 @@ SETTINGS = {  # name -> reconstruct.* overrides
     "three starts (restarts 3)": {"restarts": 3},
 }
 GRID = "class defaults (x1.5, 0.99)"  # what the grid ran: its watermarked rows are read from its reconstruct.json
+GRID_RAN = {"cost_multiplier": 1.5, "early_stop_threshold": 0.99, "restarts": 1}  # what GRID means
 CHOICES = {"authors": "authors' script (x2, 1.0)", "restarts": "three starts (restarts 3)"}  # --settings names
 COLUMNS = ("seed", "model", "adversary_fraction", "setting", "target_detected", "target_rank", "target_anomaly",
            "max_other_anomaly", "target_l1", "flagged", "epochs", "seconds")
@@ -74,13 +75,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     from wmbench.jobs import Job, run_jobs
 
     jobs, runs = [], []
-    settings = [CHOICES[key] for key in args.settings]
+    settings = [CHOICES[key] for key in dict.fromkeys(args.settings)]
 
     def search(seed: int, model_name: str, fraction: str, cell: Path, model: Path, setting: str) -> int:
         """Queue one search with ``setting``; the watermark's target label, read from the cell's params."""
         out = Path(args.work) / f"seed{seed}" / model_name / fraction / setting.split(" (")[0].replace(" ", "_")
         out.mkdir(parents=True, exist_ok=True)
         params = yaml.safe_load((cell / "params.yaml").read_text())
+        ran = {key: params["reconstruct"][key] for key in GRID_RAN}
+        if ran != GRID_RAN:  # the grid's rows are labelled GRID: refuse a copy that searched otherwise
+            raise SystemExit(f"{cell / 'params.yaml'}: reconstruct {ran}, not the {GRID} this probe labels the "
+                             f"grid's rows with ({GRID_RAN}); point --experiment at a run with those")
         params["reconstruct"].update(SETTINGS[setting])
         (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         jobs.append(Job(f"seed{seed} {model_name}-{fraction} {setting}", "stages.grid:stage", (

@@ -40,3 +40,23 @@ def test_summary_counts_attempts_within_two_standard_errors():
     table = summary(rows)
     assert "| 0 | square | 0.1 | 1200 | 2 | 0.30 | 0.10 |" in table
     assert table.endswith("| 1/2 |")
+
+
+def test_a_margin_turns_a_pick_that_fits_by_its_estimate_away(tmp_path):
+    """--margin: an attempt whose held-out loss fits the budget but not with one standard error added is
+    the grid's pick (removed within 1 point) and not admissible under the margin rule (then the weak one is)."""
+    import json
+
+    from scripts.holdout_error import margin_counts
+
+    attempts = {"laundering": {"proxy_wm_acc": 0.0, "test_acc_drop": 0.008, "wm_acc": 0.0},
+                "finetune": {"proxy_wm_acc": 1.0, "test_acc_drop": 0.002, "wm_acc": 1.0}}
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "seed0.json").write_text(json.dumps(
+        {"seed": 0, "cells": {"square": {"fraction_0_1": {"threshold": 0.02, "attempts": attempts}}}}))
+    rows = [{"seed": "0", "scheme": "square", "adversary_fraction": "0.1", "model": "laundering",
+             "holdout_acc_drop": "0.007", "holdout_se": "0.007"},
+            {"seed": "0", "scheme": "square", "adversary_fraction": "0.1", "model": "finetune",
+             "holdout_acc_drop": "0.001", "holdout_se": "0.002"}]
+    table = margin_counts(rows, tmp_path, 1.0, budgets=(0.01,))
+    assert table.splitlines()[-1] == "| square | 0.1 | 1 | 1/1 | 0/1 |", table

@@ -87,7 +87,8 @@ def test_unknown_divergence_or_normalization_names_the_valid_ones():
     [("wild_js", "copies", 0), ("wild_ce", "lr", 0.0), ("wild_dn", "discriminator_lr", -1.0),
      ("wild_ce", "feature_temperature", 0.0), ("wild_js", "feature_normalization", "l2"),
      ("wild_dn", "distill_weight", 1.5), ("wild_js", "erase_probability", 0.0),
-     ("wild_ce", "erase_max_area", 0.01), ("wild_js", "momentum", 1.0)],
+     ("wild_ce", "erase_max_area", 0.01), ("wild_dn", "erase_max_area", 1.5), ("wild_js", "momentum", 1.0),
+     ("wild_ce", "momentum", -0.1)],
 )
 def test_bad_wild_settings_name_the_key(name, key, value):
     with pytest.raises(ParamsError, match=rf"removal\.{name}.*{key}={value!r}"):
@@ -135,7 +136,8 @@ def test_erase_probability_leaves_the_other_copies_clean():
 
 
 def test_erase_max_area_bounds_the_rectangles():
-    """erase_max_area (Zhong et al.'s s_h): no erased copy has more of the image changed than it allows."""
+    """erase_max_area (Zhong et al.'s s_h): no erased copy changes more of the image than it allows, up to
+    the whole pixels the rectangle's sides are rounded to."""
     from wmbench.removal.wild import _erased_pairs
 
     images = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -147,6 +149,17 @@ def test_erase_max_area_bounds_the_rectangles():
         assert changed.max().item() <= area * 1.2 + 2 / 28, (area, changed.max().item())
         shares[area] = changed.mean().item()
     assert shares[0.1] < shares[0.4] / 2, shares
+
+
+def test_default_erasing_is_random_erasing_with_zhong_et_al_s_range():
+    """The default params draw exactly what random_erasing draws by default (area 0.02-0.4): the new key
+    changes no committed figure."""
+    from wmbench.removal.wild import _erased_pairs
+
+    images = torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    batch, n = _erased_pairs(images, 3, torch.Generator().manual_seed(1), WildParams())
+    expected = random_erasing(images.repeat(3, 1, 1, 1), torch.Generator().manual_seed(1))
+    assert n == 20 and torch.equal(batch, torch.cat([images, expected]))
 
 
 def test_momentum_reaches_the_optimizer_and_adam_refuses_it(watermarked, monkeypatch):

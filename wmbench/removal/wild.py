@@ -91,7 +91,7 @@ class WildParams(TrainingSettings):
       Our option, not the paper's (WILD gives no area range): smaller
       rectangles leave more of each copy intact, the knob that trades
       removal for accuracy inside the augmentation itself. On Fashion-MNIST
-      (10 %, 3 seeds, results/wild_sgd_area_probe.csv) 0.1 saved 0.2-1.2
+      (10 %, 3 seeds, results/wild_sgd_area_probe.csv) 0.1 saved 0.5-1.3
       points and left 16-28 % of the mark instead of 3-12 %.
     - ``momentum``: the optimizer's momentum (0 by default: WILD's RMSprop
       has none, Sec. IV-A). With ``optimizer: sgd`` it gives the SGD with
@@ -199,7 +199,7 @@ class WildDNParams(WildParams):
     """``removal.wild_dn``: :class:`WildParams` plus the discriminator's lr.
 
     - ``discriminator_lr``: lr of the discriminator's own optimizer (same
-      kind as ``optimizer``); our choice, the model's lr, as the paper gives none.
+      kind and ``momentum`` as the model's); our choice, the model's lr, as the paper gives none.
     - ``discriminator_input``: what the discriminator sees of each image.
       ``distribution`` (default): G itself, the probability vector CE and JS
       compare (:func:`feature_distribution`, std-normalised, at
@@ -440,7 +440,8 @@ class WildDN(_Wild):
         with seeded_init(derive_seed(data.seed, "wild_dn-discriminator")):
             self.discriminator = build_discriminator(dim).to(data.device)
         self.discriminator_optimizer = make_optimizer(
-            self.params.optimizer, self.discriminator.parameters(), self.params.discriminator_lr
+            self.params.optimizer, self.discriminator.parameters(), self.params.discriminator_lr,
+            momentum=self.params.momentum,
         )
 
     def judge(self, features: torch.Tensor) -> torch.Tensor:
