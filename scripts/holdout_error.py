@@ -150,33 +150,36 @@ def margin_counts(rows: list[dict[str, Any]], experiment: Path, margin: float,
     ``margin`` paired standard errors fits (:func:`wmbench.robustness.choose` on the shifted estimate), beside
     ``margin`` 0, the grid's rule; a markdown table over the cells in ``rows``."""
     from wmbench.files import read_json
-    from wmbench.robustness import Attempt, choose
+    from wmbench.robustness import Attempt, verdicts
     from wmbench.verdict import fraction_key
 
-    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    figures: dict[tuple[str, str], dict[str, Any]] = {}  # (seed, fraction) -> that seed's cells at the fraction
     for row in rows:
-        cells.setdefault((row["scheme"], row["adversary_fraction"], row["seed"]), []).append(row)
-    figures = {key: read_json(experiment / "cells" / f"seed{key[2]}.json")["cells"][key[0]][fraction_key(float(key[1]))]
-               for key in cells}
+        key = (row["seed"], row["adversary_fraction"])
+        if key not in figures:
+            cells = read_json(experiment / "cells" / f"seed{row['seed']}.json")["cells"]
+            figures[key] = {scheme: cells[scheme][fraction_key(float(key[1]))] for scheme in cells}
 
-    def removed(key: tuple[str, str, str], k: float, budget: float) -> bool:
-        """One seed's verdict with the held-out loss shifted by ``k`` standard errors."""
-        cell = figures[key]
-        attempts = [Attempt(key[0], row["model"], "", int(key[2]),
-                            float(row["holdout_acc_drop"]) + k * float(row["holdout_se"]),
-                            cell["attempts"][row["model"]]["proxy_wm_acc"],
-                            cell["attempts"][row["model"]]["test_acc_drop"],
-                            cell["attempts"][row["model"]]["wm_acc"], cell["threshold"]) for row in cells[key]]
-        pick = choose(attempts, budget)
-        return pick is not None and pick.removed and pick.test_acc_drop <= budget
+    def removed_seeds(fraction: str, k: float) -> dict[tuple[str, float], str]:
+        """Per (watermark, budget): seeds whose pick succeeds with the held-out loss shifted by ``k`` errors."""
+        attempts = []
+        for row in (r for r in rows if r["adversary_fraction"] == fraction):
+            cell = figures[(row["seed"], fraction)][row["scheme"]]
+            found = cell["attempts"][row["model"]]
+            attempts.append(Attempt(row["scheme"], row["model"], "", int(row["seed"]),
+                                    float(row["holdout_acc_drop"]) + k * float(row["holdout_se"]),
+                                    found["proxy_wm_acc"], found["test_acc_drop"], found["wm_acc"], cell["threshold"]))
+        return {(v.scheme, v.budget): f"{sum(map(v.succeeded, v.picks))}/{len(v.picks)}"
+                for v in verdicts(attempts, budgets)}
 
     lines = ["| watermark | fraction | budget (points) | removed, held-out loss | "
              f"removed, loss + {margin:g} se |", "|---|---|---|---|---|"]
-    for scheme, fraction in dict.fromkeys((key[0], key[1]) for key in cells):
-        keys = [key for key in cells if key[:2] == (scheme, fraction)]
-        for budget in budgets:
-            counts = [f"{sum(removed(key, k, budget) for key in keys)}/{len(keys)}" for k in (0.0, margin)]
-            lines.append(f"| {scheme} | {float(fraction):g} | {100 * budget:g} | {counts[0]} | {counts[1]} |")
+    for fraction in dict.fromkeys(r["adversary_fraction"] for r in rows):
+        plain, shifted = removed_seeds(fraction, 0.0), removed_seeds(fraction, margin)
+        for scheme in dict.fromkeys(r["scheme"] for r in rows if r["adversary_fraction"] == fraction):
+            for budget in budgets:
+                lines.append(f"| {scheme} | {float(fraction):g} | {100 * budget:g} | {plain[(scheme, budget)]} "
+                             f"| {shifted[(scheme, budget)]} |")
     return "\n".join(lines)
 
 

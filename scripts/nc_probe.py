@@ -37,14 +37,15 @@ import yaml
 
 from scripts.experiment_work import add_cell_arguments, seed_work
 
-SETTINGS = {  # name -> reconstruct.* overrides
-    "class defaults (x1.5, 0.99)": {},
-    "authors' script (x2, 1.0)": {"cost_multiplier": 2.0, "early_stop_threshold": 1.0},
-    "three starts (restarts 3)": {"restarts": 3},
-}
 GRID = "class defaults (x1.5, 0.99)"  # what the grid ran: its watermarked rows are read from its reconstruct.json
+AUTHORS, RESTARTS = "authors' script (x2, 1.0)", "three starts (restarts 3)"
+SETTINGS = {  # name (the CSV's `setting`) -> reconstruct.* overrides
+    GRID: {},
+    AUTHORS: {"cost_multiplier": 2.0, "early_stop_threshold": 1.0},
+    RESTARTS: {"restarts": 3},
+}
 GRID_RAN = {"cost_multiplier": 1.5, "early_stop_threshold": 0.99, "restarts": 1}  # what GRID means
-CHOICES = {"authors": "authors' script (x2, 1.0)", "restarts": "three starts (restarts 3)"}  # --settings names
+CHOICES = {"authors": AUTHORS, "restarts": RESTARTS}  # --settings names
 COLUMNS = ("seed", "model", "adversary_fraction", "setting", "target_detected", "target_rank", "target_anomaly",
            "max_other_anomaly", "target_l1", "flagged", "epochs", "seconds")
 
