@@ -130,6 +130,29 @@ class Cell:
         return str(self.folder.joinpath(*parts))
 
 
+def grid_cells(schemes: Sequence[str], fractions: Sequence[float], exclude: str, work: Path) -> list[Cell]:
+    """Every (watermark, fraction) but those ``exclude`` names (comma-separated ``scheme@fraction``, e.g.
+    ``noise@0.006``): a grid sized to its time budget leaves out cells, not a method or a seed."""
+    skipped = set()
+    for item in (part.strip() for part in exclude.split(",")):
+        if not item:
+            continue
+        scheme, _, fraction = item.partition("@")
+        try:
+            key = (scheme, float(fraction))
+        except ValueError:
+            key = None
+        if key is None or key[0] not in schemes or key[1] not in fractions:
+            raise ValueError(f"--exclude {item!r} names no cell of this grid: write scheme@fraction with the scheme "
+                             f"in --schemes ({','.join(schemes)}) and the fraction in --fractions "
+                             f"({','.join(f'{f:g}' for f in fractions)}), e.g. {schemes[0]}@{fractions[0]:g}")
+        skipped.add(key)
+    cells = [Cell(s, f, work) for s in schemes for f in fractions if (s, f) not in skipped]
+    if not cells:
+        raise ValueError(f"--exclude {exclude!r} leaves no cell to run; drop an entry")
+    return cells
+
+
 def set_dotted(params: dict[str, Any], key: str, value: Any) -> None:
     """``params[a][b] = value`` for ``key`` ``"a.b"``; the key must exist, as with ``dvc exp run -S``."""
     *path, last = key.split(".")
@@ -365,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--variants", default="",
                         help="more settings to attempt, comma-separated method@key=value[+key=value] (a key under "
                              "removal.<method>, or beta for WILD), e.g. wild_js@epochs=4")
+    parser.add_argument("--exclude", default="",
+                        help="cells left out, comma-separated scheme@fraction, e.g. noise@0.006 (to fit a time budget)")
     parser.add_argument("--jobs", type=int, default=2, help="pieces run at once, one torch thread each")
     parser.add_argument("--work", required=True, help="folder for the splits and models (emptied first; required)")
     parser.add_argument("--metrics", required=True, help="every cell's figures, for the verdict stage (required)")
@@ -390,12 +415,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not schemes or not methods or not fractions or any(not 0 < f < 1 for f in fractions):
         raise ValueError(f"--schemes {args.schemes!r}, --methods {args.methods!r}, --fractions {args.fractions!r}: "
                          "each needs at least one value; fractions lie in (0, 1)")
+    work = Path(args.work)
+    cells = grid_cells(schemes, fractions, args.exclude, work)
     base = yaml.safe_load(Path(args.params).read_text())
     scales = check_variants(base, variants)
-    work = Path(args.work)
     if work.exists():
         shutil.rmtree(work)
-    cells = [Cell(scheme, fraction, work) for scheme in schemes for fraction in fractions]
     params_files = {cell.name: write_cell_params(base, cell, args.seed) for cell in cells}
     params_files.update({f"{cell.name} {v.name}": write_variant_params(params_files[cell.name], v)
                          for cell in cells for v in variants if v.overrides})
@@ -410,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for cell in cells:
         metrics["cells"].setdefault(cell.scheme, {})[fraction_key(cell.fraction)] = cell_metrics(cell)
     settings = {"stage": "grid", "seed": args.seed, "schemes": schemes, "fractions": fractions, "methods": methods,
+                "excluded": [c.strip() for c in args.exclude.split(",") if c.strip()],
                 "variants": [v.name for v in variants if v.overrides],
                 "jobs": args.jobs, "clean_seeds": clean_seeds, "wall_s": round(timer.seconds, 1),
                 "seconds": {name: round(s, 1) for name, s in sorted(seconds.items())}}

@@ -226,6 +226,10 @@ def test_verdict_names_the_seed_whose_grid_has_not_run(grid_run, tmp_path, capsy
     (["--variants", "finetune@epochs=2"], "already runs finetune so"),
     (["--variants", "finetune@epochs=1+lr=0.1,finetune@lr=0.1+epochs=1"], "runs the same as"),
     (["--variants", "finetune@lr=0.1/2"], "letters, digits"),
+    (["--exclude", "square@0.3"], "--exclude 'square@0.3' names no cell"),
+    (["--exclude", "content@0.5"], "fraction in --fractions (0.3)"),
+    (["--exclude", "content"], "write scheme@fraction"),
+    (["--exclude", "content@0.3"], "leaves no cell to run"),
 ])
 def test_grid_refuses_bad_input_before_any_work(tmp_path, capsys, args, message):
     from stages import grid
@@ -238,6 +242,26 @@ def test_grid_refuses_bad_input_before_any_work(tmp_path, capsys, args, message)
     code = run_stage(grid.main, [part for pair in argv.items() for part in pair])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "work").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_grid_leaves_out_the_cells_it_is_told_to_and_keeps_the_rest(tmp_path):
+    from stages.grid import grid_cells
+
+    cells = grid_cells(["square", "noise"], [0.1, 0.006], " noise@0.006, ", tmp_path)
+    assert [cell.name for cell in cells] == ["square-0.1", "square-0.006", "noise-0.1"]
+    assert [cell.name for cell in grid_cells(["square"], [0.1, 0.006], "", tmp_path)] == ["square-0.1", "square-0.006"]
+
+
+def test_the_experiment_passes_its_left_out_cells_to_every_seed():
+    folder = ROOT / "experiments" / "fashion_mnist"
+    grid_yaml = yaml.safe_load((folder / "grid.yaml").read_text())
+    stage = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]["grid"]
+    assert "--exclude=${exclude}" in stage["do"]["cmd"] and "exclude" in stage["do"]["params"][1]["grid.yaml"]
+    from stages.grid import grid_cells
+
+    schemes, fractions = grid_yaml["schemes"].split(","), [float(f) for f in str(grid_yaml["fractions"]).split(",")]
+    kept = grid_cells(schemes, fractions, grid_yaml["exclude"], Path("work"))
+    assert 0 < len(kept) < len(schemes) * len(fractions)
 
 
 def test_grid_refuses_a_run_without_a_held_out_slice(tmp_path, capsys):
