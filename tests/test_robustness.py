@@ -9,6 +9,7 @@ import pytest
 from wmbench.robustness import (
     Attempt,
     attempts_from_rows,
+    best_in_hindsight,
     budget_key,
     choose,
     frontier,
@@ -127,3 +128,17 @@ def test_a_pick_that_lost_more_than_the_budget_on_test_survives():
     assert verdict.text == "survives 1 point (a pick lost 7.0 on the test set)"
     (verdict,) = verdicts([misled], budgets=[0.1])
     assert verdict.removed
+
+
+def test_hindsight_counts_what_the_menu_removed_whatever_the_adversary_picked():
+    """Seed 0: the proxy misleads the pick, a better attempt existed; seed 1: nothing within budget removes it."""
+    misled = attempt(seed=0, setting="misled", estimated=0.005, proxy=0.01, drop=0.004, wm=0.40)
+    missed = attempt(seed=0, setting="missed", estimated=0.008, proxy=0.20, drop=0.007, wm=0.01)
+    costly = attempt(seed=1, setting="costly", estimated=0.003, proxy=0.10, drop=0.015, wm=0.0)
+    weak = attempt(seed=1, setting="weak", estimated=0.004, proxy=0.30, drop=0.002, wm=0.50)
+    (verdict,) = verdicts([misled, missed, costly, weak], budgets=[0.01])
+    assert verdict.picks == (misled, costly) and verdict.hindsight == (missed, weak)
+    assert not verdict.removed and verdict.removable_in_hindsight == 1
+    assert to_metrics([verdict])["square"]["within_1"]["removable_in_hindsight"] == 1
+    assert report([verdict]).splitlines()[-1].endswith("| survives 1 point (a pick lost 1.5 on the test set) | 1/2 |")
+    assert best_in_hindsight([costly], 0.01) is None  # its test loss is over the budget, whatever the slice said

@@ -18,7 +18,12 @@ that keep the adversary's knowledge apart from the measurement:
 
 :func:`frontier` gives the measured accuracy-retention trade-off per method
 (every setting, mean over seeds): what the best setting in hindsight reaches,
-shown beside the verdict, never used to make it.
+shown beside the verdict, never used to make it. :func:`best_in_hindsight` is
+the same per seed and budget (the attempt of lowest true retention among those
+that lost at most the budget on the test set): it says whether a watermark that
+survives does so because no attempt removes it within the budget (the menu's
+limit) or because the adversary's own figures could not find the one that does
+(its judgement's limit). No adversary can choose so; the verdict never does.
 """
 
 from __future__ import annotations
@@ -78,10 +83,12 @@ class Verdict:
     budget: float
     picks: tuple[Attempt | None, ...]
     seeds: tuple[int, ...]
+    hindsight: tuple[Attempt | None, ...] = ()  # per seed, :func:`best_in_hindsight` (reported, never chosen by)
 
     def __post_init__(self) -> None:
-        if len(self.seeds) != len(self.picks):
-            raise ValueError(f"{self.scheme} within {self.budget}: {len(self.picks)} picks for {len(self.seeds)} seeds")
+        if len(self.seeds) != len(self.picks) or (self.hindsight and len(self.hindsight) != len(self.seeds)):
+            raise ValueError(f"{self.scheme} within {self.budget}: {len(self.picks)} picks and "
+                             f"{len(self.hindsight)} hindsight attempts for {len(self.seeds)} seeds")
 
     @property
     def chosen(self) -> list[Attempt]:
@@ -96,6 +103,11 @@ class Verdict:
         """Every seed's pick succeeded; a seed with no admissible attempt, or whose pick lost more test accuracy
         than the budget (the held-out estimate misled the adversary), counts as surviving."""
         return bool(self.picks) and all(self.succeeded(pick) for pick in self.picks)
+
+    @property
+    def removable_in_hindsight(self) -> int:
+        """Seeds on which some attempt removed the mark within the budget on the test set: the menu's reach."""
+        return sum(self.succeeded(best) for best in self.hindsight)
 
     @property
     def overshot(self) -> list[Attempt]:
@@ -140,6 +152,16 @@ def choose(attempts: Iterable[Attempt], budget: float) -> Attempt | None:
     return min(admissible, key=lambda a: (a.proxy_wm_acc, a.estimated_drop, a.label))
 
 
+def best_in_hindsight(attempts: Iterable[Attempt], budget: float) -> Attempt | None:
+    """On one model, the attempt of lowest true retention among those whose *test* loss is within ``budget``
+    (ties: the smaller loss, then the name): what the menu can do, known only afterwards. Reported beside the
+    adversary's pick to tell a menu too weak from a judgement misled; never used to choose."""
+    fitting = [a for a in attempts if a.test_acc_drop <= budget]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda a: (a.wm_acc, a.test_acc_drop, a.label))
+
+
 def verdicts(attempts: Sequence[Attempt], budgets: Sequence[float] = BUDGETS) -> list[Verdict]:
     """One :class:`Verdict` per (scheme, budget), each seed's model judged on its own attempts (step 2)."""
     if any(not 0 < b < 1 for b in budgets):
@@ -151,7 +173,8 @@ def verdicts(attempts: Sequence[Attempt], budgets: Sequence[float] = BUDGETS) ->
         seeds = sorted({a.seed for a in mine})
         for budget in budgets:
             picks = tuple(choose((a for a in mine if a.seed == seed), budget) for seed in seeds)
-            result.append(Verdict(scheme, budget, picks, tuple(seeds)))
+            best = tuple(best_in_hindsight((a for a in mine if a.seed == seed), budget) for seed in seeds)
+            result.append(Verdict(scheme, budget, picks, tuple(seeds), best))
     return result
 
 
@@ -162,14 +185,15 @@ def budget_key(budget: float) -> str:
 
 def to_metrics(found: Sequence[Verdict]) -> dict[str, dict[str, dict[str, Any]]]:
     """``{scheme: {within_<points>: {wm_acc, wm_acc_std, test_acc_drop, test_acc_drop_std, method, removed,
-    seeds}}}``, for ``metrics/robustness.json``."""
+    seeds, removable_in_hindsight}}}``, for ``metrics/robustness.json``; the last counts seeds, not a verdict."""
     metrics: dict[str, dict[str, dict[str, Any]]] = {}
     for verdict in found:
         wm, wm_std = verdict.stat("wm_acc")
         drop, drop_std = verdict.stat("test_acc_drop")
         metrics.setdefault(verdict.scheme, {})[budget_key(verdict.budget)] = {
             "wm_acc": wm, "wm_acc_std": wm_std, "test_acc_drop": drop, "test_acc_drop_std": drop_std,
-            "method": verdict.method, "removed": verdict.removed, "seeds": len(verdict.picks)}
+            "method": verdict.method, "removed": verdict.removed, "seeds": len(verdict.picks),
+            "removable_in_hindsight": verdict.removable_in_hindsight}
     return metrics
 
 
@@ -182,15 +206,16 @@ def mean_spread(values: Sequence[float], scale: float = 100.0, digits: int = 1) 
 
 
 def report(found: Sequence[Verdict]) -> str:
-    """Markdown: one row per watermark and budget, the measured figures of the adversary's picks."""
+    """Markdown: one row per watermark and budget, the measured figures of the adversary's picks, and the seeds
+    on which some attempt removed the mark within the budget on the test set (:func:`best_in_hindsight`)."""
     lines = ["| watermark | budget (points) | adversary's pick | test acc lost (points) | wm_acc % | "
-             "removed within budget | verdict |", "|---|---|---|---|---|---|---|"]
+             "removed within budget | verdict | some attempt did, in hindsight |", "|---|---|---|---|---|---|---|---|"]
     for verdict in found:
         below = sum(verdict.succeeded(pick) for pick in verdict.picks)
         lines.append(f"| {verdict.scheme} | {100 * verdict.budget:g} | {verdict.method} | "
                      f"{mean_spread([p.test_acc_drop for p in verdict.chosen])} | "
                      f"{mean_spread([p.wm_acc for p in verdict.chosen])} | {below}/{len(verdict.picks)} | "
-                     f"{verdict.text} |")
+                     f"{verdict.text} | {verdict.removable_in_hindsight}/{len(verdict.seeds)} |")
     return "\n".join(lines)
 
 
