@@ -5,7 +5,8 @@ full-size experiment's cells (``experiments/fashion_mnist/cells/seed<k>.json``:
 ``square`` and ``content`` at 10 % and 0.6 % adversary data, Laundering at
 its params and at the grid's ``laundering@...`` variants) and, with ``--run``,
 the same grid code (``stages.grid``, the experiment's params file) on the
-``noise`` scheme, which the experiment leaves out. Every figure is the grid's
+``noise`` scheme at both fractions, Laundering alone (the experiment has
+noise at 10 % only, since its eighth run). Every figure is the grid's
 own: the threshold from three clean models (Aiken et al. Sec. 7.1), Neural
 Cleanse with one start, the removal trained on 80 % of the adversary's images
 and its accuracy lost on the other 20 % (``holdout_acc_drop``, what an
