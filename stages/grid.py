@@ -130,26 +130,33 @@ class Cell:
         return str(self.folder.joinpath(*parts))
 
 
-def grid_cells(schemes: Sequence[str], fractions: Sequence[float], exclude: str, work: Path) -> list[Cell]:
-    """Every (watermark, fraction) but those ``exclude`` names (comma-separated ``scheme@fraction``, e.g.
-    ``noise@0.006``): a grid sized to its time budget leaves out cells, not a method or a seed."""
+def excluded_cells(exclude: str, schemes: Sequence[str], fractions: Sequence[float]) -> set[tuple[str, float]]:
+    """``--exclude``: comma-separated ``scheme@fraction`` (e.g. ``noise@0.006``), each a cell of this grid."""
     skipped = set()
     for item in (part.strip() for part in exclude.split(",")):
         if not item:
             continue
-        scheme, _, fraction = item.partition("@")
+        scheme, _, fraction = (part.strip() for part in item.partition("@"))
         try:
             key = (scheme, float(fraction))
         except ValueError:
-            key = None
-        if key is None or key[0] not in schemes or key[1] not in fractions:
+            key = ("", math.nan)
+        if key[0] not in schemes or key[1] not in fractions:
             raise ValueError(f"--exclude {item!r} names no cell of this grid: write scheme@fraction with the scheme "
                              f"in --schemes ({','.join(schemes)}) and the fraction in --fractions "
-                             f"({','.join(f'{f:g}' for f in fractions)}), e.g. {schemes[0]}@{fractions[0]:g}")
+                             f"({','.join(f'{f:g}' for f in fractions)}), e.g. {schemes[0]}@{fractions[0]:g}; after "
+                             "shrinking the grid, clear grid.yaml's `exclude` of cells it no longer has")
         skipped.add(key)
+    return skipped
+
+
+def grid_cells(schemes: Sequence[str], fractions: Sequence[float], skipped: set[tuple[str, float]],
+               work: Path) -> list[Cell]:
+    """Every (watermark, fraction) but the ``skipped`` ones: a grid sized to its time budget leaves out cells,
+    not a method or a seed."""
     cells = [Cell(s, f, work) for s in schemes for f in fractions if (s, f) not in skipped]
     if not cells:
-        raise ValueError(f"--exclude {exclude!r} leaves no cell to run; drop an entry")
+        raise ValueError("--exclude leaves no cell to run; drop an entry")
     return cells
 
 
@@ -416,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ValueError(f"--schemes {args.schemes!r}, --methods {args.methods!r}, --fractions {args.fractions!r}: "
                          "each needs at least one value; fractions lie in (0, 1)")
     work = Path(args.work)
-    cells = grid_cells(schemes, fractions, args.exclude, work)
+    skipped = excluded_cells(args.exclude, schemes, fractions)
+    cells = grid_cells(schemes, fractions, skipped, work)
     base = yaml.safe_load(Path(args.params).read_text())
     scales = check_variants(base, variants)
     if work.exists():
@@ -435,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for cell in cells:
         metrics["cells"].setdefault(cell.scheme, {})[fraction_key(cell.fraction)] = cell_metrics(cell)
     settings = {"stage": "grid", "seed": args.seed, "schemes": schemes, "fractions": fractions, "methods": methods,
-                "excluded": [c.strip() for c in args.exclude.split(",") if c.strip()],
+                "excluded": sorted(f"{scheme}@{fraction:g}" for scheme, fraction in skipped),
                 "variants": [v.name for v in variants if v.overrides],
                 "jobs": args.jobs, "clean_seeds": clean_seeds, "wall_s": round(timer.seconds, 1),
                 "seconds": {name: round(s, 1) for name, s in sorted(seconds.items())}}

@@ -169,8 +169,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "owner's trigger set are measured after it chose. A watermark is removed within N points only when "
             "every seed's pick is below that seed's ownership threshold and lost at most N points on the test set. "
             "The last column counts the seeds on which some attempt did so, known only from the test set afterwards: "
-            "where it exceeds the picks', the adversary's own figures missed a removal its menu had; where it is "
-            "short of every seed, no attempt on the menu removes the mark within that budget.",
+            "where it exceeds the picks', the adversary's own figures missed a removal its menu had; on the seeds "
+            "it leaves out, no attempt on the menu removes the mark within that budget.",
             tables, "## Every model, mean ± spread over seeds, beside the papers", summary_table(rows, raw),
             "## How far the adversary's held-out slice misjudged each method's cost",
             "Held-out points lost minus test points lost, every scheme, seed and setting of a method, measured "

@@ -230,6 +230,7 @@ def test_verdict_names_the_seed_whose_grid_has_not_run(grid_run, tmp_path, capsy
     (["--exclude", "content@0.5"], "fraction in --fractions (0.3)"),
     (["--exclude", "content"], "write scheme@fraction"),
     (["--exclude", "content@0.3"], "leaves no cell to run"),
+    (["--exclude", "content@0.1"], "clear grid.yaml's `exclude`"),
 ])
 def test_grid_refuses_bad_input_before_any_work(tmp_path, capsys, args, message):
     from stages import grid
@@ -245,11 +246,16 @@ def test_grid_refuses_bad_input_before_any_work(tmp_path, capsys, args, message)
 
 
 def test_grid_leaves_out_the_cells_it_is_told_to_and_keeps_the_rest(tmp_path):
-    from stages.grid import grid_cells
+    from stages.grid import excluded_cells, grid_cells
 
-    cells = grid_cells(["square", "noise"], [0.1, 0.006], " noise@0.006, ", tmp_path)
-    assert [cell.name for cell in cells] == ["square-0.1", "square-0.006", "noise-0.1"]
-    assert [cell.name for cell in grid_cells(["square"], [0.1, 0.006], "", tmp_path)] == ["square-0.1", "square-0.006"]
+    schemes, fractions = ["square", "noise"], [0.1, 0.006]
+    for spelling in (" noise@0.006, ", "noise @ 6e-3", "noise@0.0060,noise@0.006"):
+        skipped = excluded_cells(spelling, schemes, fractions)
+        assert skipped == {("noise", 0.006)}, spelling
+        cells = grid_cells(schemes, fractions, skipped, tmp_path)
+        assert [cell.name for cell in cells] == ["square-0.1", "square-0.006", "noise-0.1"]
+    assert [c.name for c in grid_cells(["square"], fractions, excluded_cells("", ["square"], fractions), tmp_path)] \
+        == ["square-0.1", "square-0.006"]
 
 
 def test_the_experiment_passes_its_left_out_cells_to_every_seed():
@@ -257,11 +263,13 @@ def test_the_experiment_passes_its_left_out_cells_to_every_seed():
     grid_yaml = yaml.safe_load((folder / "grid.yaml").read_text())
     stage = yaml.safe_load((folder / "dvc.yaml").read_text())["stages"]["grid"]
     assert "--exclude=${exclude}" in stage["do"]["cmd"] and "exclude" in stage["do"]["params"][1]["grid.yaml"]
-    from stages.grid import grid_cells
+    from stages.grid import excluded_cells, grid_cells
 
     schemes, fractions = grid_yaml["schemes"].split(","), [float(f) for f in str(grid_yaml["fractions"]).split(",")]
-    kept = grid_cells(schemes, fractions, grid_yaml["exclude"], Path("work"))
-    assert 0 < len(kept) < len(schemes) * len(fractions)
+    skipped = excluded_cells(grid_yaml["exclude"], schemes, fractions)
+    kept = {cell.name for cell in grid_cells(schemes, fractions, skipped, Path("work"))}
+    assert kept and not kept & {f"{scheme}-{fraction:g}" for scheme, fraction in skipped}
+    assert " " not in grid_yaml["exclude"]  # dvc.yaml passes it unquoted
 
 
 def test_grid_refuses_a_run_without_a_held_out_slice(tmp_path, capsys):

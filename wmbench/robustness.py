@@ -77,16 +77,16 @@ def split_label(label: str) -> tuple[str, str]:
 @dataclass(frozen=True)
 class Verdict:
     """The adversary's picks for one watermark and budget, one per seed of ``seeds`` (None: nothing fit the
-    budget)."""
+    budget), and per seed the best attempt in hindsight."""
 
     scheme: str
     budget: float
     picks: tuple[Attempt | None, ...]
     seeds: tuple[int, ...]
-    hindsight: tuple[Attempt | None, ...] = ()  # per seed, :func:`best_in_hindsight` (reported, never chosen by)
+    hindsight: tuple[Attempt | None, ...]  # per seed, :func:`best_in_hindsight` (reported, never chosen by)
 
     def __post_init__(self) -> None:
-        if len(self.seeds) != len(self.picks) or (self.hindsight and len(self.hindsight) != len(self.seeds)):
+        if not len(self.seeds) == len(self.picks) == len(self.hindsight):
             raise ValueError(f"{self.scheme} within {self.budget}: {len(self.picks)} picks and "
                              f"{len(self.hindsight)} hindsight attempts for {len(self.seeds)} seeds")
 
