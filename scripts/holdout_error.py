@@ -32,7 +32,9 @@ attempt is admissible only when its held-out loss plus K of its paired
 standard errors fits the budget, beside the grid's rule (K = 0); per
 watermark, fraction and budget, the seeds whose pick is then below threshold
 within the budget on the test set. The cells' figures (proxy retention,
-retention, threshold) come from ``--experiment``'s ``cells/seed<k>.json``.
+retention, threshold) come from ``--experiment``'s ``cells/seed<k>.json``,
+which must be the run the CSV measured (the committed CSV: the seventh run,
+commit 287dfa1; a CSV of another run is refused).
 """
 
 from __future__ import annotations
@@ -145,20 +147,28 @@ def summary(rows: list[dict[str, Any]]) -> str:
 
 
 def margin_counts(rows: list[dict[str, Any]], experiment: Path, margin: float,
-                  budgets: Sequence[float] = (0.005, 0.01, 0.02)) -> str:
+                  budgets: Sequence[float] | None = None) -> str:
     """Seeds removed within each budget when the adversary admits an attempt only if its held-out loss plus
     ``margin`` paired standard errors fits (:func:`wmbench.robustness.choose` on the shifted estimate), beside
-    ``margin`` 0, the grid's rule; a markdown table over the cells in ``rows``."""
+    ``margin`` 0, the grid's rule; a markdown table over the cells in ``rows`` (budgets: the verdict's own)."""
     from wmbench.files import read_json
-    from wmbench.robustness import Attempt, verdicts
+    from wmbench.robustness import BUDGETS, Attempt, verdicts
     from wmbench.verdict import fraction_key
+
+    budgets = BUDGETS if budgets is None else budgets
 
     figures: dict[tuple[str, str], dict[str, Any]] = {}  # (seed, fraction) -> that seed's cells at the fraction
     for row in rows:
         key = (row["seed"], row["adversary_fraction"])
         if key not in figures:
             cells = read_json(experiment / "cells" / f"seed{row['seed']}.json")["cells"]
-            figures[key] = {scheme: cells[scheme][fraction_key(float(key[1]))] for scheme in cells}
+            wanted = fraction_key(float(key[1]))
+            figures[key] = {scheme: at[wanted] for scheme, at in cells.items() if wanted in at}
+        cell = figures[key].get(row["scheme"], {})
+        if row["model"] not in cell.get("attempts", {}):
+            raise ValueError(f"{experiment}/cells/seed{row['seed']}.json has no {row['model']} for {row['scheme']} at "
+                             f"{row['adversary_fraction']}: the CSV measured another run; point --experiment at that "
+                             "run's folder (e.g. `git worktree add /tmp/run <commit>` of its commit)")
 
     def removed_seeds(fraction: str, k: float) -> dict[tuple[str, float], str]:
         """Per (watermark, budget): seeds whose pick succeeds with the held-out loss shifted by ``k`` errors."""
@@ -169,7 +179,7 @@ def margin_counts(rows: list[dict[str, Any]], experiment: Path, margin: float,
             attempts.append(Attempt(row["scheme"], row["model"], "", int(row["seed"]),
                                     float(row["holdout_acc_drop"]) + k * float(row["holdout_se"]),
                                     found["proxy_wm_acc"], found["test_acc_drop"], found["wm_acc"], cell["threshold"]))
-        return {(v.scheme, v.budget): f"{sum(map(v.succeeded, v.picks))}/{len(v.picks)}"
+        return {(v.scheme, v.budget): f"{v.removed_seeds}/{len(v.picks)}"
                 for v in verdicts(attempts, budgets)}
 
     lines = ["| watermark | fraction | budget (points) | removed, held-out loss | "

@@ -113,12 +113,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if args.run:
         run_noise(args.seeds, args.jobs, Path(args.work))
-    files = [EXPERIMENT / "cells" / f"seed{s}.json" for s in args.seeds] + [NOISE / f"seed{s}.json" for s in args.seeds]
-    missing = [str(f) for f in files if not f.exists()]
+    experiment = [EXPERIMENT / "cells" / f"seed{s}.json" for s in args.seeds]
+    noise = [NOISE / f"seed{s}.json" for s in args.seeds]
+    missing = [str(f) for f in experiment + noise if not f.exists()]
     if missing:
         raise SystemExit(f"missing {', '.join(missing)}: run `dvc repro` in {EXPERIMENT}, and this with --run")
     # the experiment's square and content; noise from the noise grid (both fractions: the experiment has 10 % only)
-    rows = [row for f in files for row in rows_from(f, None if f.parent == NOISE else ("square", "content"))]
+    rows = [row for f in experiment for row in rows_from(f, ("square", "content"))]
+    rows += [row for f in noise for row in rows_from(f)]
     write_csv_atomic(args.out, [{k: row[k] for k in COLUMNS} for row in rows])
     print(table(rows))
     print(noise_verdict(args.seeds))

@@ -146,10 +146,9 @@ def verdict_table(rows: list[dict[str, Any]]) -> str:
         for scheme in sorted({a.scheme for a in attempts}):
             cells = []
             for verdict in (v for v in found if v.scheme == scheme):
-                below = sum(verdict.succeeded(pick) for pick in verdict.picks)
                 mean = verdict.stat("wm_acc")[0]
                 kept = "-" if math.isnan(mean) else f"{100 * mean:.1f} %"
-                cells.append(f"{below}/{len(verdict.picks)} ({kept}; {len(verdict.chosen)} picked)")
+                cells.append(f"{verdict.removed_seeds}/{len(verdict.picks)} ({kept}; {len(verdict.chosen)} picked)")
             lines.append(f"| {key} | {scheme} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

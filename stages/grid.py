@@ -136,17 +136,17 @@ def excluded_cells(exclude: str, schemes: Sequence[str], fractions: Sequence[flo
     for item in (part.strip() for part in exclude.split(",")):
         if not item:
             continue
-        scheme, _, fraction = (part.strip() for part in item.partition("@"))
+        scheme, _, text = (part.strip() for part in item.partition("@"))
         try:
-            key = (scheme, float(fraction))
+            fraction: float | None = float(text)
         except ValueError:
-            key = ("", math.nan)
-        if key[0] not in schemes or key[1] not in fractions:
+            fraction = None
+        if scheme not in schemes or fraction not in fractions:
             raise ValueError(f"--exclude {item!r} names no cell of this grid: write scheme@fraction with the scheme "
                              f"in --schemes ({','.join(schemes)}) and the fraction in --fractions "
                              f"({','.join(f'{f:g}' for f in fractions)}), e.g. {schemes[0]}@{fractions[0]:g}; after "
                              "shrinking the grid, clear grid.yaml's `exclude` of cells it no longer has")
-        skipped.add(key)
+        skipped.add((scheme, fraction))
     return skipped
 
 

@@ -60,3 +60,6 @@ def test_a_margin_turns_a_pick_that_fits_by_its_estimate_away(tmp_path):
              "holdout_acc_drop": "0.001", "holdout_se": "0.002"}]
     table = margin_counts(rows, tmp_path, 1.0, budgets=(0.01,))
     assert table.splitlines()[-1] == "| square | 0.1 | 1 | 1/1 | 0/1 |", table
+    # a CSV of another run (an attempt or cell these cells lack) is refused, naming the fix
+    with pytest.raises(ValueError, match="point --experiment at that run's folder"):
+        margin_counts([{**rows[0], "model": "wild_ce"}], tmp_path, 1.0)

@@ -102,7 +102,12 @@ class Verdict:
     def removed(self) -> bool:
         """Every seed's pick succeeded; a seed with no admissible attempt, or whose pick lost more test accuracy
         than the budget (the held-out estimate misled the adversary), counts as surviving."""
-        return bool(self.picks) and all(self.succeeded(pick) for pick in self.picks)
+        return bool(self.picks) and self.removed_seeds == len(self.picks)
+
+    @property
+    def removed_seeds(self) -> int:
+        """Seeds whose pick succeeded (below its threshold within the budget on the test set)."""
+        return sum(self.succeeded(pick) for pick in self.picks)
 
     @property
     def removable_in_hindsight(self) -> int:
@@ -171,9 +176,10 @@ def verdicts(attempts: Sequence[Attempt], budgets: Sequence[float] = BUDGETS) ->
     for scheme in schemes:
         mine = [a for a in attempts if a.scheme == scheme]
         seeds = sorted({a.seed for a in mine})
+        models = [[a for a in mine if a.seed == seed] for seed in seeds]
         for budget in budgets:
-            picks = tuple(choose((a for a in mine if a.seed == seed), budget) for seed in seeds)
-            best = tuple(best_in_hindsight((a for a in mine if a.seed == seed), budget) for seed in seeds)
+            picks = tuple(choose(model, budget) for model in models)
+            best = tuple(best_in_hindsight(model, budget) for model in models)
             result.append(Verdict(scheme, budget, picks, tuple(seeds), best))
     return result
 
@@ -211,11 +217,11 @@ def report(found: Sequence[Verdict]) -> str:
     lines = ["| watermark | budget (points) | adversary's pick | test acc lost (points) | wm_acc % | "
              "removed within budget | verdict | some attempt did, in hindsight |", "|---|---|---|---|---|---|---|---|"]
     for verdict in found:
-        below = sum(verdict.succeeded(pick) for pick in verdict.picks)
         lines.append(f"| {verdict.scheme} | {100 * verdict.budget:g} | {verdict.method} | "
                      f"{mean_spread([p.test_acc_drop for p in verdict.chosen])} | "
-                     f"{mean_spread([p.wm_acc for p in verdict.chosen])} | {below}/{len(verdict.picks)} | "
-                     f"{verdict.text} | {verdict.removable_in_hindsight}/{len(verdict.seeds)} |")
+                     f"{mean_spread([p.wm_acc for p in verdict.chosen])} | "
+                     f"{verdict.removed_seeds}/{len(verdict.picks)} | {verdict.text} | "
+                     f"{verdict.removable_in_hindsight}/{len(verdict.seeds)} |")
     return "\n".join(lines)
 
 
