@@ -53,16 +53,18 @@ def mismatches(into: Mapping[str, Any], new: Mapping[str, Any], where: str) -> l
     return problems
 
 
-def merged(into: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """``into`` with the attempts of ``new`` that it lacks (shared ones keep ``into``'s figures)."""
-    out = {"seed": into["seed"], "cells": {}}
+def merged(into: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """``into`` with the attempts of ``new`` that it lacks (shared ones keep ``into``'s figures), and how many
+    were added."""
+    out: dict[str, Any] = {"seed": into["seed"], "cells": {}}
+    added = 0
     for scheme, fractions in into["cells"].items():
         for fraction, cell in fractions.items():
-            attempts = dict(cell["attempts"])
             extra = new["cells"].get(scheme, {}).get(fraction, {}).get("attempts", {})
-            attempts.update({k: v for k, v in extra.items() if k not in attempts})
-            out["cells"].setdefault(scheme, {})[fraction] = {**cell, "attempts": attempts}
-    return out
+            fresh = {k: v for k, v in extra.items() if k not in cell["attempts"]}
+            added += len(fresh)
+            out["cells"].setdefault(scheme, {})[fraction] = {**cell, "attempts": {**cell["attempts"], **fresh}}
+    return out, added
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,16 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [str(p) for pair in pairs for p in pair if not p.is_file()]
     if missing:
         raise SystemExit(f"missing cells: {', '.join(missing)}; run the grid on seeds {args.seeds} first")
-    problems = [p for old, new in pairs for p in mismatches(read_json(old), read_json(new), old.name)]
+    runs = [(old, read_json(old), read_json(new)) for old, new in pairs]
+    problems = [p for old, committed, later in runs for p in mismatches(committed, later, old.name)]
     if problems:
         raise SystemExit("the two runs did not train the same models (other code or machine?); nothing written:\n  "
                          + "\n  ".join(problems))
-    for old, new in pairs:
-        before = read_json(old)
-        after = merged(before, read_json(new))
-        added = sum(len(c["attempts"]) for f in after["cells"].values() for c in f.values()) - sum(
-            len(c["attempts"]) for f in before["cells"].values() for c in f.values())
-        write_json_atomic(old, after)
+    for old, committed, later in runs:
+        cells, added = merged(committed, later)
+        write_json_atomic(old, cells)
         print(f"{old}: {added} attempts added")
     return 0
 
