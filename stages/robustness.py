@@ -7,8 +7,10 @@ The owner's question, answered in the two steps of :mod:`wmbench.robustness`:
    held-out accuracy it lost, and its proxy retention (:mod:`wmbench.proxy`,
    ``robustness.proxy``): by default that of a pattern re-optimised on the
    removed model around the trigger Neural Cleanse reconstructed for the
-   suspected class; ``trigger`` takes that reconstructed trigger as it is.
-   Both are written per removal (``region_wm_acc``, ``trigger_wm_acc``).
+   suspected class; ``trigger`` takes that reconstructed trigger as it is;
+   ``wide`` re-optimises in a wider region, where a trigger of a few times
+   that one's norm spreads on the watermarked model. All three are written per
+   removal (``region_wm_acc``, ``trigger_wm_acc``, ``wide_wm_acc``).
 2. **The verdict** per budget (``robustness.budgets``): the adversary picks the
    attempt of lowest proxy retention among those whose held-out loss fits the
    budget; the pick's test-accuracy loss and true retention are then measured
@@ -43,6 +45,7 @@ from wmbench.proxy import (
     region_retention,
     suspected_class,
     trigger_region,
+    wide_region,
 )
 from wmbench.reconstruct import Reconstruction, load_reconstruction
 from wmbench.robustness import Attempt, Verdict, frontier, picks, report, split_label, to_metrics, verdicts
@@ -62,8 +65,8 @@ from wmbench.training import DeviceData, accuracy
 
 @dataclass(frozen=True)
 class Yardsticks:
-    """The adversary's (its images, held-out slice, reconstructed trigger, suspected class, proxy settings) and
-    the owner's (test, trigger set)."""
+    """The adversary's (its images, held-out slice, reconstructed trigger, suspected class, proxy settings, the
+    watermarked model it holds) and the owner's (test, trigger set)."""
 
     train: torch.Tensor
     holdout: DeviceData
@@ -73,6 +76,7 @@ class Yardsticks:
     trigger: DeviceData
     settings: RobustnessParams
     seed: int
+    watermarked: torch.nn.Module | None = None  # where the wide proxy searches its region; needed for it alone
 
     @cached_property
     def region(self) -> torch.Tensor:
@@ -80,14 +84,25 @@ class Yardsticks:
         mask = self.reconstruction.masks[self.reconstruction.row(self.suspected)].float()
         return trigger_region(mask, self.settings.proxy_area)
 
+    @cached_property
+    def wide(self) -> torch.Tensor:
+        """Where the wide proxy re-optimises its pattern: where a trigger of ``robustness.proxy_multiple`` times the
+        reconstructed one's norm spreads on the watermarked model (searched once, from its own random stream)."""
+        if self.watermarked is None:
+            raise ValueError("the wide proxy searches its region on the watermarked model; give Yardsticks it")
+        return wide_region(self.watermarked, self.reconstruction, self.suspected, self.train,
+                           self.settings.proxy_multiple, self.settings.proxy_area, self.settings.proxy_search_steps,
+                           self.settings.proxy_searches, generator(self.seed, "wide", self.train.device))
+
     def measure(self, model: torch.nn.Module) -> dict[str, float]:
-        """Both proxies (``proxy_wm_acc`` is the one ``robustness.proxy`` names) and the true figures; the region
-        proxy's random stream starts afresh for every model, so each is judged the same way."""
+        """Every proxy (``proxy_wm_acc`` is the one ``robustness.proxy`` names) and the true figures; the region
+        proxies' random stream starts afresh for every model, so each is judged the same way."""
         figures = {"holdout_acc": accuracy(model, self.holdout),
                    "trigger_wm_acc": proxy_retention(model, self.reconstruction, self.suspected, self.holdout),
-                   "region_wm_acc": region_retention(
-                       model, self.region, self.suspected, self.train, self.holdout, self.settings.proxy_steps,
-                       generator(self.seed, "proxy", self.train.device))}
+                   **{f"{key}_wm_acc": region_retention(
+                       model, region, self.suspected, self.train, self.holdout, self.settings.proxy_steps,
+                       generator(self.seed, "proxy", self.train.device))
+                      for key, region in (("region", self.region), ("wide", self.wide))}}
         return {**figures, "proxy_wm_acc": figures[f"{self.settings.proxy}_wm_acc"],
                 "test_acc": accuracy(model, self.test), "wm_acc": accuracy(model, self.trigger)}
 
@@ -95,13 +110,13 @@ class Yardsticks:
 def judge_attempts(removed: dict[str, torch.nn.Module], watermarked: torch.nn.Module, yardsticks: Yardsticks,
                    scheme: str, seed: int, threshold: float
                    ) -> tuple[dict[str, float], list[Attempt], dict[str, dict[str, float]]]:
-    """Step 1: the watermarked model's figures, one :class:`Attempt` per removed model, and both proxies' figures
+    """Step 1: the watermarked model's figures, one :class:`Attempt` per removed model, and every proxy's figures
     per removed model (the attempt carries the one ``robustness.proxy`` names)."""
     baseline = yardsticks.measure(watermarked)
     found, proxies = [], {}
     for name, model in removed.items():
         scores = yardsticks.measure(model)
-        proxies[name] = {key: scores[key] for key in ("trigger_wm_acc", "region_wm_acc")}
+        proxies[name] = {key: scores[key] for key in ("trigger_wm_acc", "region_wm_acc", "wide_wm_acc")}
         method, setting = split_label(name)
         found.append(Attempt(scheme=scheme, method=method, setting=setting, seed=seed,
                              estimated_drop=baseline["holdout_acc"] - scores["holdout_acc"],
@@ -159,14 +174,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     train = adversary_training_images(*prepared.arrays["adversary"], params.data.adversary_holdout, params.seed,
                                       device)
+    watermarked = build(Path(args.models) / "watermarked.pt")
     yardsticks = Yardsticks(train, holdout, reconstruction, suspected_class(reconstruction),
                             prepared.on("test", device), prepared.on("trigger", device), params.robustness,
-                            params.seed)
+                            params.seed, watermarked)
     scheme = str(prepared.info["scheme"])
     with autocast(params.precision, device), torch.no_grad():
         baseline, found, proxies = judge_attempts({name: build(path) for name, path in paths.items()},
-                                         build(Path(args.models) / "watermarked.pt"), yardsticks, scheme,
-                                         params.seed, threshold)
+                                                  watermarked, yardsticks, scheme, params.seed, threshold)
     judged = verdicts(found, params.robustness.budgets)
 
     rows = [{"model": a.label, "holdout_acc_drop": round(a.estimated_drop, 6),

@@ -120,6 +120,9 @@ PROXY_TEXT = {  # robustness.proxy, as the report's first paragraph says it (wmb
     "region": "a pattern it re-optimises on each removed model around Neural Cleanse's trigger for the class it "
               "suspects (`robustness.proxy: region`)",
     "trigger": "Neural Cleanse's trigger for the class it suspects (`robustness.proxy: trigger`)",
+    "wide": "a pattern it re-optimises on each removed model in a wider region, where triggers allowed a few "
+            "times the norm of Neural Cleanse's for the class it suspects spread on the watermarked model "
+            "(`robustness.proxy: wide`)",
 }
 OWN_SLICE = " (images of its own the owner never trained on: `data.holdout_pool`)"
 

@@ -21,10 +21,13 @@ from wmbench.params import RobustnessParams, load_params
 from wmbench.proxy import (
     adversary_holdout,
     adversary_training_images,
+    budgeted_trigger,
     proxy_retention,
     region_retention,
+    strongest,
     suspected_class,
     trigger_region,
+    wide_region,
 )
 from wmbench.reconstruct import Reconstruction, save_reconstruction
 from wmbench.seeding import generator
@@ -94,19 +97,74 @@ def test_region_proxy_reads_the_marked_model_high_an_untrained_one_low_and_touch
     assert again == marked  # same seed, same figure
 
 
-@pytest.mark.parametrize("proxy", ["region", "trigger"])
+def test_budgeted_trigger_keeps_to_its_budget_finds_the_mark_and_touches_no_weight(watermarked):
+    prepared, params, model, _ = watermarked
+    arrays = prepared.arrays["adversary"]
+    holdout = adversary_holdout(*arrays, 0.2, params.seed, CPU)
+    train = adversary_training_images(*arrays, 0.2, params.seed, CPU)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mask, pattern = budgeted_trigger(model, 20.0, 0, train, 150, generator(0, "wide"))
+    assert mask.shape == (1, 28, 28) and pattern.shape == (1, 28, 28)
+    assert float(mask.sum()) <= 20.0 + 1e-3 and float(mask.max()) <= 1
+    others = holdout.images[holdout.labels != 0]
+    with torch.no_grad():
+        sent = (model((1 - mask) * others + mask * pattern).argmax(1) == 0).float().mean()
+    assert sent >= 0.8  # the watermarked model answers a 20-pixel trigger for its target
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="L1 budget must be positive"):
+        budgeted_trigger(model, 0.0, 0, train, 1, generator(0, "wide"))
+
+
+def test_wide_region_is_multiple_times_the_region_where_the_budgeted_trigger_is_strongest(watermarked):
+    """A reconstruction that found a part of the stamp (its left 20 pixels, as Neural Cleanse keeps the smallest
+    trigger that suffices): the wide region is ``multiple x area`` times its support, and lies on the owner's
+    stamp at well above chance."""
+    prepared, params, model, _ = watermarked
+    train = adversary_training_images(*prepared.arrays["adversary"], 0.2, params.seed, CPU)
+    found = true_trigger(params)
+    stamp = found.masks[0].clone()
+    part = torch.zeros(stamp.numel())
+    part[stamp.flatten().nonzero().flatten()[:20]] = 1  # the first 20 stamp pixels in reading order
+    found.masks[0], found.l1[0] = part.view_as(stamp), 20.0
+    region = wide_region(model, found, 0, train, 2.0, 2.0, 400, 2, generator(0, "wide"))
+    assert region.shape == (1, 28, 28) and int(region.sum()) == 80
+    chance = 80 * float(stamp.sum()) / stamp.numel()
+    assert float((region * stamp).sum()) >= 2 * chance
+    with pytest.raises(ValueError, match="proxy_multiple=0.5 must be at least 1"):
+        wide_region(model, found, 0, train, 0.5, 2.0, 1, 1, generator(0, "wide"))
+    with pytest.raises(ValueError, match="proxy_searches=0 must be at least 1"):
+        wide_region(model, found, 0, train, 2.0, 2.0, 1, 0, generator(0, "wide"))
+    ramp = torch.arange(12.0).view(1, 3, 4)
+    assert strongest(ramp, 3).flatten().tolist() == [0] * 9 + [1] * 3
+
+
+@pytest.mark.parametrize("proxy", ["region", "trigger", "wide"])
 def test_the_attempt_carries_the_proxy_robustness_proxy_names(proxy, monkeypatch):
+    monkeypatch.setattr(robustness, "proxy_retention", lambda *args: 0.25)
+    wide = torch.zeros(1, 28, 28)
+    monkeypatch.setattr(robustness, "wide_region", lambda *args: wide)
+    monkeypatch.setattr(robustness, "region_retention", lambda model, region, *args: 0.5 if region is wide else 0.75)
+    monkeypatch.setattr(robustness, "accuracy", lambda *args: 0.5)
+    blank = DeviceData(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    found = Reconstruction(torch.full((10, 1, 28, 28), 0.5), torch.zeros(10, 1, 28, 28), torch.ones(10),
+                           torch.zeros(10))
+    yardsticks = robustness.Yardsticks(blank.images, blank, found, 0, blank, blank, RobustnessParams(proxy=proxy),
+                                       seed=0, watermarked=torch.nn.Identity())
+    figures = yardsticks.measure(torch.nn.Identity())
+    assert figures["trigger_wm_acc"] == 0.25 and figures["region_wm_acc"] == 0.75 and figures["wide_wm_acc"] == 0.5
+    assert figures["proxy_wm_acc"] == {"trigger": 0.25, "region": 0.75, "wide": 0.5}[proxy]
+
+
+def test_the_wide_proxy_needs_the_watermarked_model(monkeypatch):
     monkeypatch.setattr(robustness, "proxy_retention", lambda *args: 0.25)
     monkeypatch.setattr(robustness, "region_retention", lambda *args: 0.75)
     monkeypatch.setattr(robustness, "accuracy", lambda *args: 0.5)
     blank = DeviceData(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
     found = Reconstruction(torch.full((10, 1, 28, 28), 0.5), torch.zeros(10, 1, 28, 28), torch.ones(10),
                            torch.zeros(10))
-    yardsticks = robustness.Yardsticks(blank.images, blank, found, 0, blank, blank, RobustnessParams(proxy=proxy),
-                                       seed=0)
-    figures = yardsticks.measure(torch.nn.Identity())
-    assert figures["trigger_wm_acc"] == 0.25 and figures["region_wm_acc"] == 0.75
-    assert figures["proxy_wm_acc"] == {"trigger": 0.25, "region": 0.75}[proxy]
+    yardsticks = robustness.Yardsticks(blank.images, blank, found, 0, blank, blank, RobustnessParams(), seed=0)
+    with pytest.raises(ValueError, match="searches its region on the watermarked model"):
+        yardsticks.measure(torch.nn.Identity())
 
 
 def test_the_held_out_slice_is_the_remove_stages_and_none_is_refused(watermarked):

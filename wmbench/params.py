@@ -176,16 +176,23 @@ class RobustnessParams:
     """The owner's question (``robustness`` stage): removed within how many points of test accuracy?"""
 
     budgets: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.02])  # accuracy losses, as fractions
-    proxy: Literal["region", "trigger"] = "region"  # the adversary's retention estimate (wmbench.proxy)
+    proxy: Literal["region", "trigger", "wide"] = "region"  # the adversary's retention estimate (wmbench.proxy)
     proxy_area: float = 2.0  # region proxy: the region's pixels, in multiples of the trigger's support
     proxy_steps: int = 150  # region proxy: Adam steps of 64 adversary images re-optimising the pattern
+    proxy_multiple: float = 2.0  # wide proxy: triggers' L1 and region pixels (x proxy_area), per unit of NC's norm
+    proxy_search_steps: int = 400  # wide proxy: Adam steps of 64 adversary images per search of the wide trigger
+    proxy_searches: int = 4  # wide proxy: searches whose mean mask places the region
 
     def __post_init__(self) -> None:
         if self.proxy_area < 1:
             raise ParamsError(f"robustness.proxy_area={self.proxy_area} must be at least 1 (the trigger's support "
                               "itself); 2 doubles it")
-        if self.proxy_steps < 1:
-            raise ParamsError(f"robustness.proxy_steps={self.proxy_steps} must be at least 1, e.g. 150")
+        if self.proxy_multiple < 1:
+            raise ParamsError(f"robustness.proxy_multiple={self.proxy_multiple} must be at least 1 (the "
+                              "reconstructed trigger's norm); 2 doubles it")
+        for name, example in (("proxy_steps", 150), ("proxy_search_steps", 400), ("proxy_searches", 4)):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"robustness.{name}={getattr(self, name)} must be at least 1, e.g. {example}")
         if not self.budgets or any(not 0 < b < 1 for b in self.budgets):
             raise ParamsError(f"robustness.budgets={self.budgets}: give accuracy losses as fractions in (0, 1), "
                               "e.g. [0.005, 0.01, 0.02] for 0.5, 1 and 2 points")
