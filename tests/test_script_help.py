@@ -9,7 +9,7 @@ import pytest
 
 MODULES = ("scripts.aiken_results", "scripts.wild_results", "scripts.sweep", "scripts.rmsprop_probe",
            "scripts.holdout_error", "scripts.proxy_probe", "scripts.laundering_probe", "scripts.nc_probe",
-           "scripts.add_attempts",
+           "scripts.add_attempts", "scripts.wide_proxy_probe",
            "bench.wild_grid",
            "bench.stage_speed", "bench.train_speed", "bench.threads", "bench.reconstruct_speed", "stages.grid",
            "stages.verdict")
@@ -24,7 +24,8 @@ def test_help_prints_and_exits_cleanly(name, capsys, monkeypatch):
     assert "usage:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["scripts.holdout_error", "scripts.proxy_probe", "scripts.laundering_probe"])
+@pytest.mark.parametrize("name", ["scripts.holdout_error", "scripts.proxy_probe", "scripts.laundering_probe",
+                                  "scripts.wide_proxy_probe"])
 def test_probes_check_every_seed_before_any_work(name, tmp_path):
     """A probe stops before reading any cell when one seed's models are missing (seed 0's folder exists but is
     empty: reading it first would fail on its missing files instead), naming the command that makes them."""

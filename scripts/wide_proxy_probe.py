@@ -1,0 +1,200 @@
+"""Probe: a wider region for the adversary's retention proxy (``robustness.proxy: wide``), placed by budgeted searches.
+
+The ``robustness`` stage's region proxy (:func:`wmbench.proxy.region_retention`)
+re-optimises a pattern on each removed model inside a region around the
+trigger Neural Cleanse found on the watermarked model: twice that trigger's
+support (:func:`wmbench.proxy.trigger_region`). Neural Cleanse keeps the
+*smallest* trigger (Wang et al., Sec. IV-A), which can be a part of the mark:
+on content's seed 1 of the ninth run it is the first letters of "TEST", and
+Laundering against it leaves 34-43 % of the true mark while the region reads
+1-2 %. This probe widens the region where the model itself points. Each proxy
+reads every removed model as the region proxy does (same steps, same
+random stream) inside another region, placed on the **watermarked** model by
+triggers searched afresh with their mask's L1 held at most twice Neural
+Cleanse's norm for the suspected class (:func:`wmbench.proxy.budgeted_trigger`),
+so they can spread over more of what the model responds to; the region is the
+pixels where their mean mask is strongest:
+
+- ``wide``: what ``robustness.proxy: wide`` computes (``wide_wm_acc``,
+  :func:`wmbench.proxy.wide_region`): four searches averaged
+  (``proxy_searches``), ``proxy_multiple`` (2) x ``proxy_area`` (2) x the norm
+  pixels, the stage's random stream;
+- ``wide_again``: the same from another random stream (is the region stable?);
+- ``support``: the same mean mask as ``wide``, the region sized as the region
+  proxy sizes its own, by the support (2 x 2 x the pixels above 0.05);
+- ``single``, ``single_again``: one search instead of four, on the two streams.
+
+Per cell, ``wide_jaccard`` and ``single_jaccard`` are the overlap (Jaccard) of
+the two streams' regions.
+
+One row per model of each cell (the watermarked and every removed model the
+grid judged, ``experiments/fashion_mnist/work/seed<k>/``; ``--experiment`` for a
+copy run on other seeds), beside the grid's own figures (its region proxy,
+held-out and test accuracy lost, true retention). The true retention is read
+here only to judge proxies; the summary replays the adversary's pick
+(:func:`wmbench.robustness.verdicts`) with each proxy.
+
+    OMP_NUM_THREADS=1 python -m scripts.wide_proxy_probe --schemes square content noise \
+        --out results/wide_proxy_probe.csv                                   # about 15 min on 2 cores
+    OMP_NUM_THREADS=1 python -m scripts.wide_proxy_probe --experiment /tmp/oos/experiments/fashion_mnist \
+        --seeds 4 5 6 --schemes content --out results/wide_proxy_probe_oos.csv   # out of sample
+    python -m scripts.wide_proxy_probe --summary results/wide_proxy_probe.csv   # the tables again
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from scripts.experiment_work import EXPERIMENT, add_cell_arguments, seed_work
+
+STREAMS = {"wide": ("wide", None), "wide_again": ("wide-again", None), "single": ("wide", 1),
+           "single_again": ("wide-again", 1)}  # region -> (random stream, searches: None for proxy_searches)
+REGIONS = ("wide", "wide_again", "support", "single", "single_again")
+
+def probe_cell(seed: int, scheme: str, fraction: str, experiment: Path = EXPERIMENT) -> list[dict[str, Any]]:
+    """Every proxy of the watermarked and every removed model of one cell of ``experiment``."""
+    import torch
+
+    from wmbench.checkpoint import load_checkpoint
+    from wmbench.params import load_params
+    from wmbench.prepared import load_prepared
+    from wmbench.proxy import (
+        SUPPORT_LEVEL,
+        adversary_holdout,
+        adversary_training_images,
+        mean_budgeted_mask,
+        region_retention,
+        strongest,
+        suspected_class,
+    )
+    from wmbench.reconstruct import load_reconstruction
+    from wmbench.seeding import generator
+
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+    cell = seed_work(experiment, seed) / scheme / fraction
+    params = load_params(cell / "params.yaml")
+    arrays = load_prepared(cell / "prepared").arrays["adversary"]
+    train = adversary_training_images(*arrays, params.data.adversary_holdout, params.seed, device)
+    holdout = adversary_holdout(*arrays, params.data.adversary_holdout, params.seed, device)
+    found = load_reconstruction(cell / "reconstruct" / "triggers.npz", device)
+    suspected = suspected_class(found)
+    mask = found.masks[found.row(suspected)].float()
+    settings = params.robustness
+    watermarked = load_checkpoint(cell / "models" / "watermarked.pt").build_model().to(device).eval()
+    multiple, area = settings.proxy_multiple, settings.proxy_area
+    norm, support = float(mask.sum()), int((mask > SUPPORT_LEVEL).sum())
+    means = {key: mean_budgeted_mask(watermarked, multiple * norm, suspected, train, settings.proxy_search_steps,
+                                     searches or settings.proxy_searches, generator(params.seed, stream, device))
+             for key, (stream, searches) in STREAMS.items()}
+    regions = {key: strongest(mean, round(multiple * area * norm)) for key, mean in means.items()}
+    regions["support"] = strongest(means["wide"], round(multiple * area * support))  # wmbench's first sizing
+    regions = {key: regions[key] for key in REGIONS}
+    overlap = {f"{key}_jaccard": round(float((regions[key] * regions[f"{key}_again"]).sum()
+                                             / ((regions[key] + regions[f"{key}_again"]) > 0).sum()), 3)
+               for key in ("wide", "single")}
+    figures = json.loads((experiment / "cells" / f"seed{seed}.json").read_text())["cells"][scheme][
+        "fraction_" + fraction.replace(".", "_")]
+    models = {"watermarked": cell / "models" / "watermarked.pt"}
+    removed = sorted((cell / "models" / "removed").glob("*.pt"))
+    models.update({p.stem: p for p in removed if p.stem in figures["attempts"]})
+    rows = []
+    for name, path in models.items():
+        model = load_checkpoint(path).build_model().to(device).eval()
+        row: dict[str, Any] = {"seed": seed, "scheme": scheme, "adversary_fraction": float(fraction), "model": name,
+                               "suspected": suspected, "threshold": figures["threshold"],
+                               "nc_l1": round(norm, 3), "nc_support": support,
+                               **{f"{key}_pixels": int(region.sum()) for key, region in regions.items()}, **overlap}
+        for key, region in regions.items():
+            row[key] = round(region_retention(model, region, suspected, train, holdout, settings.proxy_steps,
+                                              generator(params.seed, "proxy", device)), 4)
+        true = figures["attempts"].get(name, {"region_wm_acc": math.nan, "holdout_acc_drop": 0.0,
+                                              "test_acc_drop": 0.0, "wm_acc": figures["watermarked"]["wm_acc"]})
+        row["region"] = true["region_wm_acc"]
+        row.update({key: true[key] for key in ("holdout_acc_drop", "test_acc_drop", "wm_acc")})
+        rows.append(row)
+    print(summary(rows), flush=True)
+    return rows
+
+
+def proxy_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The proxies a probe wrote: the grid's ``region`` and this probe's columns."""
+    return ["region", *(key for key in REGIONS if key in rows[0])]
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Per proxy: Spearman's rank correlation with the true retention over the removed models, and what the
+    adversary's own clean model (``scratch``) reads on it."""
+    from scipy.stats import spearmanr
+
+    removed = [row for row in rows if row["model"] != "watermarked"]
+    scratch = next((row for row in removed if row["model"] == "scratch"), None)
+    parts = []
+    for key in proxy_keys(rows):
+        rho = spearmanr([float(r[key]) for r in removed], [float(r["wm_acc"]) for r in removed]).statistic
+        parts.append(f"{key} rho {rho:.2f}" + (f" scratch {100 * float(scratch[key]):.0f} %" if scratch else ""))
+    return f"seed {rows[0]['seed']} {rows[0]['scheme']} {float(rows[0]['adversary_fraction']):g}: " + "; ".join(parts)
+
+
+def verdict_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per proxy, watermark and budget, the seeds whose pick by that proxy went below the threshold
+    within the budget on the test set, and the picks' mean true retention."""
+    from wmbench.robustness import BUDGETS, Attempt, split_label, verdicts
+
+    lines = ["| proxy | watermark | " + " | ".join(f"within {100 * b:g} pt" for b in BUDGETS) + " |",
+             "|---|---|" + "---|" * len(BUDGETS)]
+    removed = [row for row in rows if row["model"] != "watermarked"]
+    for key in proxy_keys(rows):
+        attempts = [Attempt(str(r["scheme"]), *split_label(str(r["model"])), int(r["seed"]),
+                            estimated_drop=float(r["holdout_acc_drop"]), proxy_wm_acc=float(r[key]),
+                            test_acc_drop=float(r["test_acc_drop"]), wm_acc=float(r["wm_acc"]),
+                            threshold=float(r["threshold"])) for r in removed]
+        found = verdicts(attempts)
+        for scheme in sorted({a.scheme for a in attempts}):
+            cells = []
+            for verdict in (v for v in found if v.scheme == scheme):
+                mean = verdict.stat("wm_acc")[0]
+                kept = "-" if math.isnan(mean) else f"{100 * mean:.1f} %"
+                cells.append(f"{verdict.removed_seeds}/{len(verdict.picks)} ({kept})")
+            lines.append(f"| {key} | {scheme} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_cell_arguments(parser)
+    parser.add_argument("--jobs", type=int, default=2, help="cells at once, one torch thread each")
+    parser.add_argument("--out", default="results/wide_proxy_probe.csv", help="one row per model")
+    parser.add_argument("--summary", metavar="CSV", help="print the summaries of a saved probe and stop")
+    args = parser.parse_args(argv)
+
+    from wmbench.files import write_csv_atomic
+
+    if args.summary:
+        with open(args.summary, newline="") as f:
+            rows: list[dict[str, Any]] = list(csv.DictReader(f))
+        for key in dict.fromkeys((r["seed"], r["scheme"], r["adversary_fraction"]) for r in rows):
+            print(summary([r for r in rows if (r["seed"], r["scheme"], r["adversary_fraction"]) == key]))
+    else:
+        for seed in args.seeds:
+            seed_work(args.experiment, seed)  # every seed's models before any is read
+        cells = [(s, m, f, args.experiment) for s in args.seeds for m in args.schemes for f in args.fractions]
+        with ProcessPoolExecutor(args.jobs) as pool:
+            rows = [row for cell in pool.map(probe_cell, *zip(*cells, strict=True)) for row in cell]
+        write_csv_atomic(args.out, rows)
+        print(f"{len(rows)} rows -> {args.out}")
+    for fraction in dict.fromkeys(str(r["adversary_fraction"]) for r in rows):
+        print(f"\nThe verdict by each proxy, adversary fraction {float(fraction):g}: seeds removed (picks' mean "
+              "retention)\n")
+        print(verdict_table([r for r in rows if str(r["adversary_fraction"]) == fraction]))
+
+
+if __name__ == "__main__":
+    main()
