@@ -9,8 +9,11 @@ models there (untracked); a probe re-reads them instead of training again.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 EXPERIMENT = Path("experiments/fashion_mnist")
 
@@ -36,3 +39,40 @@ def seed_work(experiment: Path, seed: int) -> Path:
         raise SystemExit(f"{folder} is missing: run `dvc repro` in {experiment} first, its grid.yaml `seeds` "
                          f"listing {seed} (it leaves the models)")
     return folder
+
+
+@dataclass
+class CellModels:
+    """What a proxy probe reads of one cell: its params, the adversary's training images and held-out slice,
+    Neural Cleanse's reconstruction and suspected class, the grid's figures, and the models the grid judged
+    (``watermarked`` first, then each removal by name)."""
+
+    params: Any
+    train: Any
+    holdout: Any
+    reconstruction: Any
+    suspected: int
+    figures: dict[str, Any]
+    models: dict[str, Path]
+
+
+def load_cell(experiment: Path, seed: int, scheme: str, fraction: str, device: Any) -> CellModels:
+    """One cell of ``experiment``'s work folder, as :class:`CellModels`."""
+    from wmbench.params import load_params
+    from wmbench.prepared import load_prepared
+    from wmbench.proxy import adversary_holdout, adversary_training_images, suspected_class
+    from wmbench.reconstruct import load_reconstruction
+
+    cell = seed_work(experiment, seed) / scheme / fraction
+    params = load_params(cell / "params.yaml")
+    arrays = load_prepared(cell / "prepared").arrays["adversary"]
+    found = load_reconstruction(cell / "reconstruct" / "triggers.npz", device)
+    cells = json.loads((experiment / "cells" / f"seed{seed}.json").read_text())["cells"]
+    figures = cells[scheme]["fraction_" + fraction.replace(".", "_")]
+    models = {"watermarked": cell / "models" / "watermarked.pt"}
+    # only the models the grid judged: a stale work folder's other files have no figures to set beside them
+    removed = sorted((cell / "models" / "removed").glob("*.pt"))
+    models.update({p.stem: p for p in removed if p.stem in figures["attempts"]})
+    return CellModels(params, adversary_training_images(*arrays, params.data.adversary_holdout, params.seed, device),
+                      adversary_holdout(*arrays, params.data.adversary_holdout, params.seed, device), found,
+                      suspected_class(found), figures, models)

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from scripts.experiment_work import EXPERIMENT, add_cell_arguments, seed_work
+from scripts.experiment_work import EXPERIMENT, add_cell_arguments, load_cell, seed_work
 
 REGIONS = ("area1", "area2", "area3", "ring1", "ring2")
 
@@ -62,35 +61,15 @@ def probe_cell(seed: int, scheme: str, fraction: str, steps: int,
     import torch
 
     from wmbench.checkpoint import load_checkpoint
-    from wmbench.params import load_params
-    from wmbench.prepared import load_prepared
-    from wmbench.proxy import (
-        adversary_holdout,
-        adversary_training_images,
-        proxy_retention,
-        region_retention,
-        suspected_class,
-    )
-    from wmbench.reconstruct import load_reconstruction
+    from wmbench.proxy import proxy_retention, region_retention
     from wmbench.seeding import generator
 
     torch.set_num_threads(1)
     device = torch.device("cpu")
-    cell = seed_work(experiment, seed) / scheme / fraction
-    params = load_params(cell / "params.yaml")
-    prepared = load_prepared(cell / "prepared")
-    arrays = prepared.arrays["adversary"]
-    train = adversary_training_images(*arrays, params.data.adversary_holdout, params.seed, device)
-    holdout = adversary_holdout(*arrays, params.data.adversary_holdout, params.seed, device)
-    found = load_reconstruction(cell / "reconstruct" / "triggers.npz", device)
-    suspected = suspected_class(found)
+    loaded = load_cell(experiment, seed, scheme, fraction, device)
+    params, train, holdout, found = loaded.params, loaded.train, loaded.holdout, loaded.reconstruction
+    suspected, figures, models = loaded.suspected, loaded.figures, loaded.models
     areas = regions(found.masks[found.row(suspected)].float())
-    cells = json.loads((experiment / "cells" / f"seed{seed}.json").read_text())["cells"]
-    figures = cells[scheme]["fraction_" + fraction.replace(".", "_")]
-    models = {"watermarked": cell / "models" / "watermarked.pt"}
-    # only the models the grid judged: a stale work folder's other files have no figures to set beside them
-    removed = sorted((cell / "models" / "removed").glob("*.pt"))
-    models.update({p.stem: p for p in removed if p.stem in figures["attempts"]})
     rows = []
     for name, path in models.items():
         model = load_checkpoint(path).build_model().to(device).eval()
@@ -128,16 +107,17 @@ def summary(rows: list[dict[str, Any]]) -> str:
     return head + " " + "; ".join(parts)
 
 
-def verdict_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: per proxy, watermark and budget, how many seeds' picks (the adversary choosing by that proxy,
-    :func:`wmbench.robustness.verdicts`) went below their threshold within the budget on the test set, and the
-    picks' mean true retention: what each proxy would have made of the verdict."""
+def verdict_table(rows: list[dict[str, Any]], keys: Sequence[str] = ("trigger", *REGIONS)) -> str:
+    """Markdown: per proxy (a column of ``rows`` named in ``keys``), watermark and budget, how many seeds' picks
+    (the adversary choosing by that proxy, :func:`wmbench.robustness.verdicts`) went below their threshold within
+    the budget on the test set, and the picks' mean true retention: what each proxy would have made of the
+    verdict."""
     from wmbench.robustness import BUDGETS, Attempt, split_label, verdicts
 
     lines = ["| proxy | watermark | " + " | ".join(f"within {100 * b:g} pt" for b in BUDGETS) + " |",
              "|---|---|" + "---|" * len(BUDGETS)]
     removed = [row for row in rows if row["model"] != "watermarked"]
-    for key in ("trigger", *REGIONS):
+    for key in keys:
         attempts = [Attempt(str(r["scheme"]), *split_label(str(r["model"])), int(r["seed"]),
                             estimated_drop=float(r["holdout_acc_drop"]), proxy_wm_acc=float(r[key]),
                             test_acc_drop=float(r["test_acc_drop"]), wm_acc=float(r["wm_acc"]),

@@ -45,50 +45,36 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from scripts.experiment_work import EXPERIMENT, add_cell_arguments, seed_work
+from scripts.experiment_work import EXPERIMENT, add_cell_arguments, load_cell, seed_work
+from scripts.proxy_probe import verdict_table
 
 STREAMS = {"wide": ("wide", None), "wide_again": ("wide-again", None), "single": ("wide", 1),
            "single_again": ("wide-again", 1)}  # region -> (random stream, searches: None for proxy_searches)
 REGIONS = ("wide", "wide_again", "support", "single", "single_again")
+
 
 def probe_cell(seed: int, scheme: str, fraction: str, experiment: Path = EXPERIMENT) -> list[dict[str, Any]]:
     """Every proxy of the watermarked and every removed model of one cell of ``experiment``."""
     import torch
 
     from wmbench.checkpoint import load_checkpoint
-    from wmbench.params import load_params
-    from wmbench.prepared import load_prepared
-    from wmbench.proxy import (
-        SUPPORT_LEVEL,
-        adversary_holdout,
-        adversary_training_images,
-        mean_budgeted_mask,
-        region_retention,
-        strongest,
-        suspected_class,
-    )
-    from wmbench.reconstruct import load_reconstruction
+    from wmbench.proxy import SUPPORT_LEVEL, mean_budgeted_mask, region_retention, strongest
     from wmbench.seeding import generator
 
     torch.set_num_threads(1)
     device = torch.device("cpu")
-    cell = seed_work(experiment, seed) / scheme / fraction
-    params = load_params(cell / "params.yaml")
-    arrays = load_prepared(cell / "prepared").arrays["adversary"]
-    train = adversary_training_images(*arrays, params.data.adversary_holdout, params.seed, device)
-    holdout = adversary_holdout(*arrays, params.data.adversary_holdout, params.seed, device)
-    found = load_reconstruction(cell / "reconstruct" / "triggers.npz", device)
-    suspected = suspected_class(found)
+    loaded = load_cell(experiment, seed, scheme, fraction, device)
+    params, train, holdout, found = loaded.params, loaded.train, loaded.holdout, loaded.reconstruction
+    suspected, figures, models = loaded.suspected, loaded.figures, loaded.models
     mask = found.masks[found.row(suspected)].float()
     settings = params.robustness
-    watermarked = load_checkpoint(cell / "models" / "watermarked.pt").build_model().to(device).eval()
+    watermarked = load_checkpoint(models["watermarked"]).build_model().to(device).eval()
     multiple, area = settings.proxy_multiple, settings.proxy_area
     norm, support = float(mask.sum()), int((mask > SUPPORT_LEVEL).sum())
     means = {key: mean_budgeted_mask(watermarked, multiple * norm, suspected, train, settings.proxy_search_steps,
@@ -100,11 +86,6 @@ def probe_cell(seed: int, scheme: str, fraction: str, experiment: Path = EXPERIM
     overlap = {f"{key}_jaccard": round(float((regions[key] * regions[f"{key}_again"]).sum()
                                              / ((regions[key] + regions[f"{key}_again"]) > 0).sum()), 3)
                for key in ("wide", "single")}
-    figures = json.loads((experiment / "cells" / f"seed{seed}.json").read_text())["cells"][scheme][
-        "fraction_" + fraction.replace(".", "_")]
-    models = {"watermarked": cell / "models" / "watermarked.pt"}
-    removed = sorted((cell / "models" / "removed").glob("*.pt"))
-    models.update({p.stem: p for p in removed if p.stem in figures["attempts"]})
     rows = []
     for name, path in models.items():
         model = load_checkpoint(path).build_model().to(device).eval()
@@ -143,30 +124,6 @@ def summary(rows: list[dict[str, Any]]) -> str:
     return f"seed {rows[0]['seed']} {rows[0]['scheme']} {float(rows[0]['adversary_fraction']):g}: " + "; ".join(parts)
 
 
-def verdict_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: per proxy, watermark and budget, the seeds whose pick by that proxy went below the threshold
-    within the budget on the test set, and the picks' mean true retention."""
-    from wmbench.robustness import BUDGETS, Attempt, split_label, verdicts
-
-    lines = ["| proxy | watermark | " + " | ".join(f"within {100 * b:g} pt" for b in BUDGETS) + " |",
-             "|---|---|" + "---|" * len(BUDGETS)]
-    removed = [row for row in rows if row["model"] != "watermarked"]
-    for key in proxy_keys(rows):
-        attempts = [Attempt(str(r["scheme"]), *split_label(str(r["model"])), int(r["seed"]),
-                            estimated_drop=float(r["holdout_acc_drop"]), proxy_wm_acc=float(r[key]),
-                            test_acc_drop=float(r["test_acc_drop"]), wm_acc=float(r["wm_acc"]),
-                            threshold=float(r["threshold"])) for r in removed]
-        found = verdicts(attempts)
-        for scheme in sorted({a.scheme for a in attempts}):
-            cells = []
-            for verdict in (v for v in found if v.scheme == scheme):
-                mean = verdict.stat("wm_acc")[0]
-                kept = "-" if math.isnan(mean) else f"{100 * mean:.1f} %"
-                cells.append(f"{verdict.removed_seeds}/{len(verdict.picks)} ({kept})")
-            lines.append(f"| {key} | {scheme} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_cell_arguments(parser)
@@ -193,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for fraction in dict.fromkeys(str(r["adversary_fraction"]) for r in rows):
         print(f"\nThe verdict by each proxy, adversary fraction {float(fraction):g}: seeds removed (picks' mean "
               "retention)\n")
-        print(verdict_table([r for r in rows if str(r["adversary_fraction"]) == fraction]))
+        print(verdict_table([r for r in rows if str(r["adversary_fraction"]) == fraction], proxy_keys(rows)))
 
 
 if __name__ == "__main__":

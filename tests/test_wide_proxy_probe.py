@@ -32,5 +32,5 @@ def test_summary_replays_each_proxys_pick(tmp_path, capsys):
     main(["--summary", str(path)])
     out = capsys.readouterr().out
     assert "seed 0 content 0.1: region rho" in out and "scratch 2 %" in out
-    assert "| region | content | 0/1 (43.0 %) | 0/1 (43.0 %) | 0/1 (43.0 %) |" in out
-    assert "| wide | content | 1/1 (1.0 %) | 1/1 (1.0 %) | 1/1 (1.0 %) |" in out
+    assert "| region | content | 0/1 (43.0 %; 1 picked) | 0/1 (43.0 %; 1 picked) | 0/1 (43.0 %; 1 picked) |" in out
+    assert "| wide | content | 1/1 (1.0 %; 1 picked) | 1/1 (1.0 %; 1 picked) | 1/1 (1.0 %; 1 picked) |" in out
