@@ -9,7 +9,6 @@ models there (untracked); a probe re-reads them instead of training again.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +57,7 @@ class CellModels:
 
 def load_cell(experiment: Path, seed: int, scheme: str, fraction: str, device: Any) -> CellModels:
     """One cell of ``experiment``'s work folder, as :class:`CellModels`."""
+    from wmbench.files import read_json
     from wmbench.params import load_params
     from wmbench.prepared import load_prepared
     from wmbench.proxy import adversary_holdout, adversary_training_images, suspected_class
@@ -67,7 +67,7 @@ def load_cell(experiment: Path, seed: int, scheme: str, fraction: str, device: A
     params = load_params(cell / "params.yaml")
     arrays = load_prepared(cell / "prepared").arrays["adversary"]
     found = load_reconstruction(cell / "reconstruct" / "triggers.npz", device)
-    cells = json.loads((experiment / "cells" / f"seed{seed}.json").read_text())["cells"]
+    cells = read_json(experiment / "cells" / f"seed{seed}.json")["cells"]
     figures = cells[scheme]["fraction_" + fraction.replace(".", "_")]
     models = {"watermarked": cell / "models" / "watermarked.pt"}
     # only the models the grid judged: a stale work folder's other files have no figures to set beside them

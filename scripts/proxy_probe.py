@@ -92,19 +92,25 @@ def summary(rows: list[dict[str, Any]]) -> str:
     """Per proxy: Spearman's rank correlation with the true retention over the removed models (``all``) and over
     those the ``trigger`` proxy reads below 10 % (``low``: the ones it cannot tell apart), and ``scratch``'s
     reading."""
-    from scipy.stats import spearmanr
-
     removed = [row for row in rows if row["model"] != "watermarked"]
     low = [row for row in removed if float(row["trigger"]) < 0.1]
-    scratch = next((row for row in removed if row["model"] == "scratch"), None)
     head = f"seed {rows[0]['seed']} {rows[0]['scheme']} {float(rows[0]['adversary_fraction']):g} ({len(low)} low):"
-    parts = []
-    for key in ("trigger", *REGIONS):
-        rho = [spearmanr([float(r[key]) for r in group], [float(r["wm_acc"]) for r in group]).statistic
-               for group in (removed, low)]
-        parts.append(f"{key} rho all {rho[0]:.2f} low {rho[1]:.2f}"
-                     + (f" scratch {100 * float(scratch[key]):.0f} %" if scratch else ""))
+    parts = [f"{key} rho all {rank_correlation(removed, key):.2f} low {rank_correlation(low, key):.2f}"
+             + scratch_reading(removed, key) for key in ("trigger", *REGIONS)]
     return head + " " + "; ".join(parts)
+
+
+def rank_correlation(rows: list[dict[str, Any]], key: str) -> float:
+    """Spearman's rank correlation of the proxy ``key`` with the true retention (``wm_acc``) over ``rows``."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr([float(r[key]) for r in rows], [float(r["wm_acc"]) for r in rows]).statistic)
+
+
+def scratch_reading(rows: list[dict[str, Any]], key: str) -> str:
+    """`` scratch N %``: what the adversary's own clean model reads on the proxy ``key`` (empty without one)."""
+    scratch = next((row for row in rows if row["model"] == "scratch"), None)
+    return f" scratch {100 * float(scratch[key]):.0f} %" if scratch else ""
 
 
 def verdict_table(rows: list[dict[str, Any]], keys: Sequence[str] = ("trigger", *REGIONS)) -> str:

@@ -44,7 +44,6 @@ here only to judge proxies; the summary replays the adversary's pick
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -52,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.experiment_work import EXPERIMENT, add_cell_arguments, load_cell, seed_work
-from scripts.proxy_probe import verdict_table
+from scripts.proxy_probe import rank_correlation, scratch_reading, verdict_table
 
 STREAMS = {"wide": ("wide", None), "wide_again": ("wide-again", None), "single": ("wide", 1),
            "single_again": ("wide-again", 1)}  # region -> (random stream, searches: None for proxy_searches)
@@ -113,14 +112,9 @@ def proxy_keys(rows: list[dict[str, Any]]) -> list[str]:
 def summary(rows: list[dict[str, Any]]) -> str:
     """Per proxy: Spearman's rank correlation with the true retention over the removed models, and what the
     adversary's own clean model (``scratch``) reads on it."""
-    from scipy.stats import spearmanr
-
     removed = [row for row in rows if row["model"] != "watermarked"]
-    scratch = next((row for row in removed if row["model"] == "scratch"), None)
-    parts = []
-    for key in proxy_keys(rows):
-        rho = spearmanr([float(r[key]) for r in removed], [float(r["wm_acc"]) for r in removed]).statistic
-        parts.append(f"{key} rho {rho:.2f}" + (f" scratch {100 * float(scratch[key]):.0f} %" if scratch else ""))
+    parts = [f"{key} rho {rank_correlation(removed, key):.2f}" + scratch_reading(removed, key)
+             for key in proxy_keys(rows)]
     return f"seed {rows[0]['seed']} {rows[0]['scheme']} {float(rows[0]['adversary_fraction']):g}: " + "; ".join(parts)
 
 
@@ -132,11 +126,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--summary", metavar="CSV", help="print the summaries of a saved probe and stop")
     args = parser.parse_args(argv)
 
-    from wmbench.files import write_csv_atomic
+    from wmbench.files import read_csv, write_csv_atomic
 
     if args.summary:
-        with open(args.summary, newline="") as f:
-            rows: list[dict[str, Any]] = list(csv.DictReader(f))
+        rows = read_csv(args.summary)
         for key in dict.fromkeys((r["seed"], r["scheme"], r["adversary_fraction"]) for r in rows):
             print(summary([r for r in rows if (r["seed"], r["scheme"], r["adversary_fraction"]) == key]))
     else:
