@@ -78,8 +78,11 @@ def minutes_per_seed(folder: Path | None) -> dict[str, float]:
 
 def changes(full: Counts, cut: Counts) -> str:
     """``content 10 % 0.5 pt: 0 -> 1`` for every count that differs, or ``none``."""
-    moved = [f"{scheme} {100 * fraction:g} % {100 * budget:g} pt: {full[key]} -> {cut.get(key, 0)}"
-             for key in sorted(full) for fraction, scheme, budget in [key] if cut.get(key, 0) != full[key]]
+    moved = []
+    for (fraction, scheme, budget), before in sorted(full.items()):
+        after = cut.get((fraction, scheme, budget), 0)
+        if after != before:
+            moved.append(f"{scheme} {100 * fraction:g} % {100 * budget:g} pt: {before} -> {after}")
     return "; ".join(moved) or "none"
 
 
