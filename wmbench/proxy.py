@@ -101,6 +101,13 @@ def _share_sent_to(model: nn.Module, stamped: torch.Tensor, label: int) -> float
 SUPPORT_LEVEL = 0.05  # mask values above this make up the reconstructed trigger's support
 
 
+def strongest(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """A 0/1 mask shaped like ``mask`` of the ``pixels`` pixels where ``mask`` is largest."""
+    region = torch.zeros(mask.numel(), device=mask.device)
+    region[mask.flatten().topk(min(mask.numel(), max(1, pixels))).indices] = 1
+    return region.view_as(mask)
+
+
 def trigger_region(mask: torch.Tensor, area: float) -> torch.Tensor:
     """A 0/1 mask (1, H, W) of ``round(area x n)`` pixels, n the support's (mask > 0.05): those of highest
     ``10 x mask + mean of the mask over the 3x3 neighbourhood``.
@@ -112,10 +119,7 @@ def trigger_region(mask: torch.Tensor, area: float) -> torch.Tensor:
     if area < 1:
         raise ValueError(f"robustness.proxy_area={area} must be at least 1 (the support itself)")
     support = int((mask > SUPPORT_LEVEL).sum())
-    score = (10 * mask + F.avg_pool2d(mask[None], 3, 1, 1)[0]).flatten()
-    region = torch.zeros_like(score)
-    region[score.topk(min(len(score), max(1, round(area * support)))).indices] = 1
-    return region.view_as(mask)
+    return strongest(10 * mask + F.avg_pool2d(mask[None], 3, 1, 1)[0], round(area * support))
 
 
 def region_retention(model: nn.Module, region: torch.Tensor, label: int, train: torch.Tensor, holdout: DeviceData,
@@ -177,13 +181,6 @@ def budgeted_trigger(model: nn.Module, budget: float, label: int, train: torch.T
             free_mask.grad, free_pattern.grad = torch.autograd.grad(loss, [free_mask, free_pattern])
             optimizer.step()
     return mask().detach(), torch.sigmoid(free_pattern).detach()
-
-
-def strongest(mask: torch.Tensor, pixels: int) -> torch.Tensor:
-    """A 0/1 mask shaped like ``mask`` of the ``pixels`` pixels where ``mask`` is largest."""
-    region = torch.zeros(mask.numel(), device=mask.device)
-    region[mask.flatten().topk(min(mask.numel(), max(1, pixels))).indices] = 1
-    return region.view_as(mask)
 
 
 def mean_budgeted_mask(watermarked: nn.Module, budget: float, label: int, train: torch.Tensor, steps: int,
