@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,11 @@ def read_cells(folder: Path, proxy: str) -> list[dict[str, Any]]:
     return seeds
 
 
-def removed_counts(attempts: Mapping[float, Sequence[Attempt]], without: str | None = None) -> Counts:
-    """Seeds removed per (fraction, watermark, budget), the attempts labelled ``without`` left off the menu."""
+def removed_counts(attempts: Mapping[float, Sequence[Attempt]], without: Collection[str] = ()) -> Counts:
+    """Seeds removed per (fraction, watermark, budget), the attempts labelled any of ``without`` left off the menu."""
     counts: Counts = {}
     for fraction, found in attempts.items():
-        kept = [a for a in found if a.label != without]
+        kept = [a for a in found if a.label not in without]
         for verdict in verdicts(kept):
             counts[fraction, verdict.scheme, verdict.budget] = verdict.removed_seeds
     return counts
@@ -93,7 +93,7 @@ def table(attempts: Mapping[float, Sequence[Attempt]], minutes: Mapping[str, flo
     lines = ["| left off the menu | min per seed | seeds removed that change (full menu -> without) |", "|---|---|---|"]
     for label in labels:
         spent = f"{minutes[label]:.1f}" if label in minutes else "-"
-        lines.append(f"| `{label}` | {spent} | {changes(full, removed_counts(attempts, label))} |")
+        lines.append(f"| `{label}` | {spent} | {changes(full, removed_counts(attempts, {label}))} |")
     return "\n".join(lines)
 
 
@@ -104,14 +104,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cells", type=Path, required=True, help="a grid's cells folder (seed<k>.json)")
     parser.add_argument("--settings", type=Path, help="the grid's settings folder, for the minutes per entry")
     parser.add_argument("--proxy", default="proxy_wm_acc", help="the figure the adversary reads retention by")
+    parser.add_argument("--drop", action="append", default=[], metavar="LABEL",
+                        help="a menu entry (method or method@setting) to leave off together with the other --drop "
+                             "entries: prints that cut's counts and changes; repeat for several")
     args = parser.parse_args(argv)
 
     attempts, _ = gather(read_cells(args.cells, args.proxy))
+    labels = {a.label for found in attempts.values() for a in found}
+    unknown = sorted(set(args.drop) - labels)
+    if unknown:
+        raise SystemExit(f"--drop {unknown[0]!r} is on no cell's menu; the cells hold: {', '.join(sorted(labels))}")
     full = removed_counts(attempts)
     print(f"Seeds removed with the full menu ({args.proxy}):")
     for (fraction, scheme, budget), count in sorted(full.items()):
         print(f"  {scheme} at {100 * fraction:g} %, within {100 * budget:g} pt: {count}")
     print()
+    if args.drop:
+        cut = removed_counts(attempts, set(args.drop))
+        print(f"Without {', '.join(args.drop)}:")
+        for (fraction, scheme, budget), count in sorted(cut.items()):
+            print(f"  {scheme} at {100 * fraction:g} %, within {100 * budget:g} pt: {count}")
+        print(f"  changes: {changes(full, cut)}")
+        print()
     print(table(attempts, minutes_per_seed(args.settings)))
 
 

@@ -30,7 +30,7 @@ def test_leaving_off_the_only_setting_that_removes_the_mark_costs_its_seeds(tmp_
     attempts, _ = gather(menu_cut_replay.read_cells(tmp_path, "proxy_wm_acc"))
     full = menu_cut_replay.removed_counts(attempts)
     assert full[0.1, "square", 0.01] == 2 and full[0.1, "square", 0.005] == 0
-    assert menu_cut_replay.removed_counts(attempts, "laundering@epochs=48")[0.1, "square", 0.01] == 0
+    assert menu_cut_replay.removed_counts(attempts, {"laundering@epochs=48"})[0.1, "square", 0.01] == 0
     table = menu_cut_replay.table(attempts, {"finetune": 1.5})
     assert "| `finetune` | 1.5 | none |" in table
     assert "square 10 % 1 pt: 2 -> 0" in table and "square 10 % 2 pt: 2 -> 0" in table
@@ -48,3 +48,13 @@ def test_a_proxy_the_cells_lack_is_named_with_the_ones_they_hold(tmp_path):
         menu_cut_replay.read_cells(tmp_path, "wide_wm_acc")
     with pytest.raises(FileNotFoundError, match="no seed<k>.json"):
         menu_cut_replay.read_cells(tmp_path / "empty", "proxy_wm_acc")
+
+
+def test_a_cut_of_several_entries_is_replayed_together_and_an_unknown_entry_is_named(tmp_path, capsys):
+    _write_seed(tmp_path, 0)
+    menu_cut_replay.main(["--cells", str(tmp_path), "--drop", "finetune", "--drop", "laundering@epochs=48"])
+    printed = capsys.readouterr().out
+    assert "Without finetune, laundering@epochs=48:" in printed
+    assert "changes: square 10 % 1 pt: 1 -> 0; square 10 % 2 pt: 1 -> 0" in printed
+    with pytest.raises(SystemExit, match="'wild_js' is on no cell's menu; the cells hold: finetune, laundering@"):
+        menu_cut_replay.main(["--cells", str(tmp_path), "--drop", "wild_js"])
