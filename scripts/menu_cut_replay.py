@@ -7,6 +7,8 @@ the adversary's picks (:func:`wmbench.robustness.verdicts`), so the committed
 cells answer, without training, what the verdict would have been without it:
 for each setting, the seeds removed per watermark and budget that change, and
 the minutes per seed it took (the grid's settings files, every fraction).
+``--drop LABEL`` (repeated) replays a cut of several entries together: the
+counts the next run should reproduce (the eleventh run did, to the seed count).
 
 The proxy is the one the cells were judged with (``proxy_wm_acc``) unless
 ``--proxy`` names another figure the cells hold (``region_wm_acc``,
