@@ -64,6 +64,17 @@ def removed_counts(attempts: Mapping[float, Sequence[Attempt]], without: Collect
     return counts
 
 
+def menu(attempts: Mapping[float, Sequence[Attempt]]) -> set[str]:
+    """Every label on any cell's menu."""
+    return {a.label for found in attempts.values() for a in found}
+
+
+def count_lines(counts: Counts) -> list[str]:
+    """``  content at 10 %, within 0.5 pt: 1``, one line per (fraction, watermark, budget)."""
+    return [f"  {scheme} at {100 * fraction:g} %, within {100 * budget:g} pt: {count}"
+            for (fraction, scheme, budget), count in sorted(counts.items())]
+
+
 def minutes_per_seed(folder: Path | None) -> dict[str, float]:
     """Minutes each menu entry took per seed, summed over a seed's cells (the grid's ``remove <cell> <label>``)."""
     if folder is None:
@@ -91,7 +102,7 @@ def changes(full: Counts, cut: Counts) -> str:
 def table(attempts: Mapping[float, Sequence[Attempt]], minutes: Mapping[str, float]) -> str:
     """Markdown: per menu entry, its minutes per seed and the removed counts that change without it."""
     full = removed_counts(attempts)
-    labels = sorted({a.label for found in attempts.values() for a in found}, key=lambda x: (-minutes.get(x, 0), x))
+    labels = sorted(menu(attempts), key=lambda x: (-minutes.get(x, 0), x))
     lines = ["| left off the menu | min per seed | seeds removed that change (full menu -> without) |", "|---|---|---|"]
     for label in labels:
         spent = f"{minutes[label]:.1f}" if label in minutes else "-"
@@ -112,22 +123,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     attempts, _ = gather(read_cells(args.cells, args.proxy))
-    labels = {a.label for found in attempts.values() for a in found}
+    labels = menu(attempts)
     unknown = sorted(set(args.drop) - labels)
     if unknown:
         raise SystemExit(f"--drop {unknown[0]!r} is on no cell's menu; the cells hold: {', '.join(sorted(labels))}")
     full = removed_counts(attempts)
-    print(f"Seeds removed with the full menu ({args.proxy}):")
-    for (fraction, scheme, budget), count in sorted(full.items()):
-        print(f"  {scheme} at {100 * fraction:g} %, within {100 * budget:g} pt: {count}")
-    print()
+    print("\n".join([f"Seeds removed with the full menu ({args.proxy}):", *count_lines(full), ""]))
     if args.drop:
         cut = removed_counts(attempts, set(args.drop))
-        print(f"Without {', '.join(args.drop)}:")
-        for (fraction, scheme, budget), count in sorted(cut.items()):
-            print(f"  {scheme} at {100 * fraction:g} %, within {100 * budget:g} pt: {count}")
-        print(f"  changes: {changes(full, cut)}")
-        print()
+        lines = [f"Without {', '.join(args.drop)}:", *count_lines(cut), f"  changes: {changes(full, cut)}", ""]
+        print("\n".join(lines))
     print(table(attempts, minutes_per_seed(args.settings)))
 
 
