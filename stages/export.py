@@ -2,11 +2,14 @@
 
 Each ``exports/<name>.onnx`` is checked on the first ``export.check_images``
 test images plus as many trigger inputs, so the watermark's behaviour is
-compared too. A file that disagrees with PyTorch fails the stage.
+compared too. A file that disagrees with PyTorch fails the stage. Each
+architecture is traced once; its other models reuse that graph with their own
+weights (``wmbench.export.with_weights``) and are checked the same way.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,12 +61,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     images = check_images(prepared, params.export.check_images)
     metrics: dict = {"tolerance": params.export.tolerance, "opset": params.export.opset, "threads": params.threads}
+    traced: dict[str, Path] = {}  # architecture -> the first file exported for it, whose graph the rest reuse
     for name, path in exported_models(Path(args.models)).items():
-        model = load_checkpoint(path).build_model()
+        checkpoint = load_checkpoint(path)
+        architecture = json.dumps([checkpoint.meta["arch"], checkpoint.meta["arch_kwargs"]], sort_keys=True)
+        out = Path(args.out) / f"{name}.onnx"
         check = export_onnx(
-            model, images, Path(args.out) / f"{name}.onnx",
-            tolerance=params.export.tolerance, opset=params.export.opset,
+            checkpoint.build_model(), images, out,
+            tolerance=params.export.tolerance, opset=params.export.opset, like=traced.get(architecture),
         )
+        traced.setdefault(architecture, out)
         metrics[name] = check.as_metrics()
         print(f"export: {name:<12} {check.bytes / 1024:.0f} KiB  max |dlogit| {check.max_abs_diff:.2e}  "
               f"label mismatches {check.label_mismatches}/{check.images}")
