@@ -103,7 +103,8 @@ def test_budgeted_trigger_keeps_to_its_budget_finds_the_mark_and_touches_no_weig
     holdout = adversary_holdout(*arrays, 0.2, params.seed, CPU)
     train = adversary_training_images(*arrays, 0.2, params.seed, CPU)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    mask, pattern = budgeted_trigger(model, 20.0, 0, train, 150, generator(0, "wide"))
+    # 300 steps: after 150 the search had reached 78 % on an AVX2 CPU, 89 % after 300
+    mask, pattern = budgeted_trigger(model, 20.0, 0, train, 300, generator(0, "wide"))
     assert mask.shape == (1, 28, 28) and pattern.shape == (1, 28, 28)
     assert float(mask.sum()) <= 20.0 + 1e-3 and float(mask.max()) <= 1
     others = holdout.images[holdout.labels != 0]
