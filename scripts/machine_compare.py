@@ -9,7 +9,9 @@ watermarked model, the clean threshold and Neural Cleanse's flag on each side,
 then for each budget the adversary's pick on each side
 (:func:`wmbench.robustness.choose`: the lowest proxy retention within the
 budget on the held-out slice), its test points lost, true retention and whether
-it went below the threshold. Last, over every attempt both cells hold, the
+it removed the mark as the verdict counts it (below the threshold and within
+the budget on the test set), and the same for the best attempt in hindsight
+(:func:`wmbench.robustness.best_in_hindsight`: what the menu could do). Last, over every attempt both cells hold, the
 median and largest absolute difference of each figure.
 
 Only cells present in both folders count; a pick is compared, never made, with
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from wmbench.files import read_json
-from wmbench.robustness import BUDGETS, choose
+from wmbench.robustness import BUDGETS, Attempt, best_in_hindsight, choose
 
 FIGURES = ("holdout_acc_drop", "proxy_wm_acc", "test_acc_drop", "wm_acc")
 
@@ -47,16 +49,25 @@ def read_cells(folder: Path) -> dict[tuple[str, float, int], dict[str, Any]]:
     return cells
 
 
-def pick_text(cell: dict[str, Any], budget: float) -> str:
-    """The adversary's pick on ``cell`` within ``budget``: label, test points lost, retention, removed or not."""
+def attempts(cell: dict[str, Any]) -> list[Attempt]:
+    """The cell's removals as the verdict reads them (:func:`stages.verdict.gather`)."""
     from stages.verdict import gather
 
-    seed = {"seed": 0, "cells": {"x": {"c": cell}}}
-    pick = choose(gather([seed])[0][float(cell["adversary_fraction"])], budget)
-    if pick is None:
+    return gather([{"seed": 0, "cells": {"cell": {"cell": cell}}}])[0][float(cell["adversary_fraction"])]
+
+
+def outcome(attempt: Attempt | None, budget: float) -> str:
+    """``attempt``'s label, test points lost and retention, and whether it removed the mark within ``budget``
+    as the verdict counts it (below the threshold, test loss within the budget)."""
+    if attempt is None:
         return "none fits"
-    verdict = "**removed**" if pick.removed else "survives"
-    return f"`{pick.label}` {100 * pick.test_acc_drop:.2f} pt, {100 * pick.wm_acc:.0f} %: {verdict}"
+    if not attempt.removed:
+        verdict = "survives"
+    elif attempt.test_acc_drop <= budget:
+        verdict = "**removed**"
+    else:
+        verdict = "below threshold, past the budget: survives"
+    return f"`{attempt.label}` {100 * attempt.test_acc_drop:.2f} pt, {100 * attempt.wm_acc:.0f} %: {verdict}"
 
 
 def cell_table(key: tuple[str, float, int], a: dict[str, Any], b: dict[str, Any], names: Sequence[str]) -> str:
@@ -67,8 +78,13 @@ def cell_table(key: tuple[str, float, int], a: dict[str, Any], b: dict[str, Any]
                  f"{100 * b['watermarked']['test_acc']:.2f} |")
     lines.append(f"| threshold | {100 * a['threshold']:.0f} % | {100 * b['threshold']:.0f} % |")
     lines.append(f"| Neural Cleanse flags the target | {a['target_detected']} | {b['target_detected']} |")
-    lines += [f"| pick within {100 * budget:g} pt | {pick_text(a, budget)} | {pick_text(b, budget)} |"
-              for budget in BUDGETS]
+    for budget in BUDGETS:
+        lines.append(f"| pick within {100 * budget:g} pt | {outcome(choose(attempts(a), budget), budget)} | "
+                     f"{outcome(choose(attempts(b), budget), budget)} |")
+    for budget in BUDGETS:
+        lines.append(f"| in hindsight within {100 * budget:g} pt | "
+                     f"{outcome(best_in_hindsight(attempts(a), budget), budget)} | "
+                     f"{outcome(best_in_hindsight(attempts(b), budget), budget)} |")
     return "\n".join(lines)
 
 

@@ -28,6 +28,9 @@ def test_a_pick_that_flips_across_machines_is_shown_and_the_gaps_counted(tmp_pat
     assert "### content, 10 %, seed 0" in out
     # within 1 point machine a picks Laundering (removed); on b its held-out loss is 1.1 points, so finetune
     assert "| pick within 1 pt | `laundering` 0.90 pt, 4 %: **removed** | `finetune` 0.40 pt, 85 %: survives |" in out
+    assert ("| in hindsight within 1 pt | `laundering` 0.90 pt, 4 %: **removed** | "
+            "`finetune` 0.40 pt, 85 %: survives |") in out
+    assert "| pick within 0.5 pt | `finetune` 0.30 pt, 90 %: survives |" in out
     assert "| `wm_acc` | 2 | 3.00 | 5.00 |" in out
 
 
