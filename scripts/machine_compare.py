@@ -7,7 +7,7 @@ against therefore has a part that is not the seed's. For each (scheme, fraction,
 seed) cell that both folders of ``seed<k>.json`` hold, this prints the
 watermarked model, the clean threshold and Neural Cleanse's flag on each side,
 then for each budget the adversary's pick on each side
-(:func:`wmbench.robustness.choose`: the lowest proxy retention within the
+(:func:`wmbench.robustness.verdicts`: the lowest proxy retention within the
 budget on the held-out slice), its test points lost, true retention and whether
 it removed the mark as the verdict counts it (below the threshold and within
 the budget on the test set), and the same for the best attempt in hindsight
@@ -29,45 +29,41 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wmbench.files import read_json
-from wmbench.robustness import BUDGETS, Attempt, best_in_hindsight, choose
+from scripts import menu_cut_replay
+from stages.verdict import gather
+from wmbench.robustness import BUDGETS, Attempt, Verdict, verdicts
 
 FIGURES = ("holdout_acc_drop", "proxy_wm_acc", "test_acc_drop", "wm_acc")
 
 
 def read_cells(folder: Path) -> dict[tuple[str, float, int], dict[str, Any]]:
     """(scheme, adversary fraction, seed) -> the cell, for every ``seed<k>.json`` in ``folder``."""
-    files = sorted(folder.glob("seed*.json"))
-    if not files:
-        raise FileNotFoundError(f"no seed<k>.json in {folder}: point --a and --b at grid cells folders")
     cells = {}
-    for path in files:
-        metrics = read_json(path)
+    for metrics in menu_cut_replay.read_cells(folder, "proxy_wm_acc"):
         for scheme, by_fraction in metrics["cells"].items():
             for cell in by_fraction.values():
                 cells[scheme, float(cell["adversary_fraction"]), int(metrics["seed"])] = cell
     return cells
 
 
-def attempts(cell: dict[str, Any]) -> list[Attempt]:
-    """The cell's removals as the verdict reads them (:func:`stages.verdict.gather`)."""
-    from stages.verdict import gather
+def judged(cell: dict[str, Any]) -> list[Verdict]:
+    """The verdict on one cell, a :class:`Verdict` per budget (its one pick and its one best in hindsight)."""
+    seed = {"seed": 0, "cells": {"cell": {"cell": cell}}}
+    return verdicts(gather([seed])[0][float(cell["adversary_fraction"])], BUDGETS)
 
-    return gather([{"seed": 0, "cells": {"cell": {"cell": cell}}}])[0][float(cell["adversary_fraction"])]
 
-
-def outcome(attempt: Attempt | None, budget: float) -> str:
-    """``attempt``'s label, test points lost and retention, and whether it removed the mark within ``budget``
-    as the verdict counts it (below the threshold, test loss within the budget)."""
+def outcome(attempt: Attempt | None, verdict: Verdict) -> str:
+    """``attempt``'s label, test points lost and retention, and whether it removed the mark as ``verdict``
+    counts it (:meth:`Verdict.succeeded`: below the threshold, test loss within the budget)."""
     if attempt is None:
         return "none fits"
-    if not attempt.removed:
-        verdict = "survives"
-    elif attempt.test_acc_drop <= budget:
-        verdict = "**removed**"
+    if verdict.succeeded(attempt):
+        result = "**removed**"
+    elif attempt.removed:
+        result = "below threshold, past the budget: survives"
     else:
-        verdict = "below threshold, past the budget: survives"
-    return f"`{attempt.label}` {100 * attempt.test_acc_drop:.2f} pt, {100 * attempt.wm_acc:.0f} %: {verdict}"
+        result = "survives"
+    return f"`{attempt.label}` {100 * attempt.test_acc_drop:.2f} pt, {100 * attempt.wm_acc:.0f} %: {result}"
 
 
 def cell_table(key: tuple[str, float, int], a: dict[str, Any], b: dict[str, Any], names: Sequence[str]) -> str:
@@ -78,13 +74,10 @@ def cell_table(key: tuple[str, float, int], a: dict[str, Any], b: dict[str, Any]
                  f"{100 * b['watermarked']['test_acc']:.2f} |")
     lines.append(f"| threshold | {100 * a['threshold']:.0f} % | {100 * b['threshold']:.0f} % |")
     lines.append(f"| Neural Cleanse flags the target | {a['target_detected']} | {b['target_detected']} |")
-    for budget in BUDGETS:
-        lines.append(f"| pick within {100 * budget:g} pt | {outcome(choose(attempts(a), budget), budget)} | "
-                     f"{outcome(choose(attempts(b), budget), budget)} |")
-    for budget in BUDGETS:
-        lines.append(f"| in hindsight within {100 * budget:g} pt | "
-                     f"{outcome(best_in_hindsight(attempts(a), budget), budget)} | "
-                     f"{outcome(best_in_hindsight(attempts(b), budget), budget)} |")
+    sides = list(zip(judged(a), judged(b), strict=True))
+    for row, attempt_of in (("pick", lambda v: v.picks[0]), ("in hindsight", lambda v: v.hindsight[0])):
+        lines += [f"| {row} within {100 * va.budget:g} pt | {outcome(attempt_of(va), va)} | "
+                  f"{outcome(attempt_of(vb), vb)} |" for va, vb in sides]
     return "\n".join(lines)
 
 
