@@ -32,6 +32,8 @@ def test_project_params_file_is_valid():
         ({"robustness": {"proxy_multiple": 0.5}}, r"robustness.proxy_multiple=0.5 must be at least 1"),
         ({"robustness": {"proxy_search_steps": 0}}, r"robustness.proxy_search_steps=0 must be at least 1, e.g. 400"),
         ({"robustness": {"proxy_searches": 0}}, r"robustness.proxy_searches=0 must be at least 1, e.g. 4"),
+        ({"robustness": {"compare": ["wid"]}}, r"robustness.compare=\['wid'\] names \['wid'\], not a retention proxy; "
+                                                r"choose among \['trigger', 'region', 'wide'\]"),
         ({"train": {"epochs": "ten"}}, r"train.epochs='ten' is a str; expected int"),
         ({"train": {"lr": -1}}, r"train.lr=-1.0 must be positive"),
         ({"train": {"optimizer": "adamw"}}, r"train.optimizer='adamw'; valid: rmsprop, adam, sgd"),

@@ -149,11 +149,37 @@ def test_the_attempt_carries_the_proxy_robustness_proxy_names(proxy, monkeypatch
     blank = DeviceData(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
     found = Reconstruction(torch.full((10, 1, 28, 28), 0.5), torch.zeros(10, 1, 28, 28), torch.ones(10),
                            torch.zeros(10))
-    yardsticks = robustness.Yardsticks(blank.images, blank, found, 0, blank, blank, RobustnessParams(proxy=proxy),
-                                       seed=0, watermarked=torch.nn.Identity())
+    every = RobustnessParams(proxy=proxy, compare=["trigger", "region", "wide"])
+    yardsticks = robustness.Yardsticks(blank.images, blank, found, 0, blank, blank, every, seed=0,
+                                       watermarked=torch.nn.Identity())
     figures = yardsticks.measure(torch.nn.Identity())
     assert figures["trigger_wm_acc"] == 0.25 and figures["region_wm_acc"] == 0.75 and figures["wide_wm_acc"] == 0.5
     assert figures["proxy_wm_acc"] == {"trigger": 0.25, "region": 0.75, "wide": 0.5}[proxy]
+
+
+@pytest.mark.parametrize(("proxy", "compare", "measured"), [
+    ("region", ["trigger"], ["trigger", "region"]),  # the default: no wide search
+    ("region", [], ["region"]),
+    ("wide", ["region"], ["region", "wide"]),
+    ("trigger", ["wide", "trigger"], ["trigger", "wide"]),
+])
+def test_only_the_named_and_compared_proxies_are_measured(proxy, compare, measured, monkeypatch):
+    calls = []
+    monkeypatch.setattr(robustness, "proxy_retention", lambda *args: calls.append("trigger") or 0.25)
+    monkeypatch.setattr(robustness, "wide_region", lambda *args: calls.append("search") or torch.zeros(1, 28, 28))
+    monkeypatch.setattr(robustness, "region_retention", lambda *args: calls.append("pattern") or 0.75)
+    monkeypatch.setattr(robustness, "accuracy", lambda *args: 0.5)
+    blank = DeviceData(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    found = Reconstruction(torch.full((10, 1, 28, 28), 0.5), torch.zeros(10, 1, 28, 28), torch.ones(10),
+                           torch.zeros(10))
+    yardsticks = robustness.Yardsticks(blank.images, blank, found, 0, blank, blank,
+                                       RobustnessParams(proxy=proxy, compare=compare), seed=0,
+                                       watermarked=torch.nn.Identity())
+    figures = yardsticks.measure(torch.nn.Identity())
+    assert [key for key in ("trigger", "region", "wide") if f"{key}_wm_acc" in figures] == measured
+    assert ("search" in calls) == ("wide" in measured)  # the costly search only where asked for
+    assert calls.count("pattern") == len(set(measured) - {"trigger"})
+    assert RobustnessParams().compare == ["trigger"]
 
 
 def test_the_wide_proxy_needs_the_watermarked_model(monkeypatch):
@@ -163,7 +189,8 @@ def test_the_wide_proxy_needs_the_watermarked_model(monkeypatch):
     blank = DeviceData(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
     found = Reconstruction(torch.full((10, 1, 28, 28), 0.5), torch.zeros(10, 1, 28, 28), torch.ones(10),
                            torch.zeros(10))
-    yardsticks = robustness.Yardsticks(blank.images, blank, found, 0, blank, blank, RobustnessParams(), seed=0)
+    yardsticks = robustness.Yardsticks(blank.images, blank, found, 0, blank, blank, RobustnessParams(proxy="wide"),
+                                       seed=0)
     with pytest.raises(ValueError, match="searches its region on the watermarked model"):
         yardsticks.measure(torch.nn.Identity())
 

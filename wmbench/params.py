@@ -171,19 +171,28 @@ class ExportParams:
             raise ParamsError(f"export.opset={self.opset}; the dynamo exporter needs opset 18 or newer")
 
 
+PROXIES = ("trigger", "region", "wide")  # the adversary's retention estimates (wmbench.proxy), cheapest first
+
+
 @dataclass
 class RobustnessParams:
     """The owner's question (``robustness`` stage): removed within how many points of test accuracy?"""
 
     budgets: list[float] = field(default_factory=lambda: [0.005, 0.01, 0.02])  # accuracy losses, as fractions
-    proxy: Literal["region", "trigger", "wide"] = "region"  # the adversary's retention estimate (wmbench.proxy)
+    proxy: Literal["region", "trigger", "wide"] = "region"  # the adversary's retention estimate (one of PROXIES)
     proxy_area: float = 2.0  # region proxy: the region's pixels, in multiples of the trigger's support
     proxy_steps: int = 150  # region proxy: Adam steps of 64 adversary images re-optimising the pattern
     proxy_multiple: float = 2.0  # wide proxy: triggers' L1 and region pixels (x proxy_area), per unit of NC's norm
     proxy_search_steps: int = 400  # wide proxy: Adam steps of 64 adversary images per search of the wide trigger
     proxy_searches: int = 4  # wide proxy: searches whose mean mask places the region
+    # proxies measured beside `proxy`, for comparison only (each removal's <name>_wm_acc); `wide` costs the most
+    compare: list[str] = field(default_factory=lambda: ["trigger"])
 
     def __post_init__(self) -> None:
+        unknown = [name for name in self.compare if name not in PROXIES]
+        if unknown:
+            raise ParamsError(f"robustness.compare={self.compare} names {unknown}, not a retention proxy; choose "
+                              f"among {list(PROXIES)}, e.g. [trigger], or [] for `robustness.proxy` alone")
         if self.proxy_area < 1:
             raise ParamsError(f"robustness.proxy_area={self.proxy_area} must be at least 1 (the trigger's support "
                               "itself); 2 doubles it")
