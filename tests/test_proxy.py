@@ -139,6 +139,15 @@ def test_wide_region_is_multiple_times_the_region_where_the_budgeted_trigger_is_
     assert strongest(ramp, 3).flatten().tolist() == [0] * 9 + [1] * 3
 
 
+def blank_yardsticks(settings: RobustnessParams, holds_watermarked: bool = True) -> robustness.Yardsticks:
+    """Yardsticks on two blank images and a half-grey reconstruction: for tests that stub the proxies out."""
+    blank = DeviceData(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    found = Reconstruction(torch.full((10, 1, 28, 28), 0.5), torch.zeros(10, 1, 28, 28), torch.ones(10),
+                           torch.zeros(10))
+    return robustness.Yardsticks(blank.images, blank, found, 0, blank, blank, settings, seed=0,
+                                 watermarked=torch.nn.Identity() if holds_watermarked else None)
+
+
 @pytest.mark.parametrize("proxy", ["region", "trigger", "wide"])
 def test_the_attempt_carries_the_proxy_robustness_proxy_names(proxy, monkeypatch):
     monkeypatch.setattr(robustness, "proxy_retention", lambda *args: 0.25)
@@ -146,12 +155,7 @@ def test_the_attempt_carries_the_proxy_robustness_proxy_names(proxy, monkeypatch
     monkeypatch.setattr(robustness, "wide_region", lambda *args: wide)
     monkeypatch.setattr(robustness, "region_retention", lambda model, region, *args: 0.5 if region is wide else 0.75)
     monkeypatch.setattr(robustness, "accuracy", lambda *args: 0.5)
-    blank = DeviceData(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
-    found = Reconstruction(torch.full((10, 1, 28, 28), 0.5), torch.zeros(10, 1, 28, 28), torch.ones(10),
-                           torch.zeros(10))
-    every = RobustnessParams(proxy=proxy, compare=["trigger", "region", "wide"])
-    yardsticks = robustness.Yardsticks(blank.images, blank, found, 0, blank, blank, every, seed=0,
-                                       watermarked=torch.nn.Identity())
+    yardsticks = blank_yardsticks(RobustnessParams(proxy=proxy, compare=["trigger", "region", "wide"]))
     figures = yardsticks.measure(torch.nn.Identity())
     assert figures["trigger_wm_acc"] == 0.25 and figures["region_wm_acc"] == 0.75 and figures["wide_wm_acc"] == 0.5
     assert figures["proxy_wm_acc"] == {"trigger": 0.25, "region": 0.75, "wide": 0.5}[proxy]
@@ -169,12 +173,7 @@ def test_only_the_named_and_compared_proxies_are_measured(proxy, compare, measur
     monkeypatch.setattr(robustness, "wide_region", lambda *args: calls.append("search") or torch.zeros(1, 28, 28))
     monkeypatch.setattr(robustness, "region_retention", lambda *args: calls.append("pattern") or 0.75)
     monkeypatch.setattr(robustness, "accuracy", lambda *args: 0.5)
-    blank = DeviceData(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
-    found = Reconstruction(torch.full((10, 1, 28, 28), 0.5), torch.zeros(10, 1, 28, 28), torch.ones(10),
-                           torch.zeros(10))
-    yardsticks = robustness.Yardsticks(blank.images, blank, found, 0, blank, blank,
-                                       RobustnessParams(proxy=proxy, compare=compare), seed=0,
-                                       watermarked=torch.nn.Identity())
+    yardsticks = blank_yardsticks(RobustnessParams(proxy=proxy, compare=compare))
     figures = yardsticks.measure(torch.nn.Identity())
     assert [key for key in ("trigger", "region", "wide") if f"{key}_wm_acc" in figures] == measured
     assert ("search" in calls) == ("wide" in measured)  # the costly search only where asked for
@@ -186,11 +185,7 @@ def test_the_wide_proxy_needs_the_watermarked_model(monkeypatch):
     monkeypatch.setattr(robustness, "proxy_retention", lambda *args: 0.25)
     monkeypatch.setattr(robustness, "region_retention", lambda *args: 0.75)
     monkeypatch.setattr(robustness, "accuracy", lambda *args: 0.5)
-    blank = DeviceData(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
-    found = Reconstruction(torch.full((10, 1, 28, 28), 0.5), torch.zeros(10, 1, 28, 28), torch.ones(10),
-                           torch.zeros(10))
-    yardsticks = robustness.Yardsticks(blank.images, blank, found, 0, blank, blank, RobustnessParams(proxy="wide"),
-                                       seed=0)
+    yardsticks = blank_yardsticks(RobustnessParams(proxy="wide"), holds_watermarked=False)
     with pytest.raises(ValueError, match="searches its region on the watermarked model"):
         yardsticks.measure(torch.nn.Identity())
 
