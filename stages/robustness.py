@@ -12,8 +12,8 @@ The owner's question, answered in the two steps of :mod:`wmbench.robustness`:
    that one's norm spreads on the watermarked model. The one named and those
    in ``robustness.compare`` (default: the trigger, which costs one pass) are
    written per removal (``trigger_wm_acc``, ``region_wm_acc``, ``wide_wm_acc``);
-   the wide proxy's search and re-optimisation would double the stage's time
-   on ``digits``, so it is measured only where asked for.
+   the wide proxy's searches and re-optimised patterns were two thirds of the
+   stage's time on ``digits``, so it is measured only where asked for.
 2. **The verdict** per budget (``robustness.budgets``): the adversary picks the
    attempt of lowest proxy retention among those whose held-out loss fits the
    budget; the pick's test-accuracy loss and true retention are then measured
