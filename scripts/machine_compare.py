@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts import menu_cut_replay
-from stages.verdict import gather
+from stages.verdict import cell_attempts
 from wmbench.robustness import BUDGETS, Attempt, Verdict, verdicts
 
 FIGURES = ("holdout_acc_drop", "proxy_wm_acc", "test_acc_drop", "wm_acc")
@@ -46,10 +46,9 @@ def read_cells(folder: Path) -> dict[tuple[str, float, int], dict[str, Any]]:
     return cells
 
 
-def judged(cell: dict[str, Any]) -> list[Verdict]:
+def judged(scheme: str, seed: int, cell: dict[str, Any]) -> list[Verdict]:
     """The verdict on one cell, a :class:`Verdict` per budget (its one pick and its one best in hindsight)."""
-    seed = {"seed": 0, "cells": {"cell": {"cell": cell}}}
-    return verdicts(gather([seed])[0][float(cell["adversary_fraction"])], BUDGETS)
+    return verdicts(cell_attempts(scheme, seed, cell), BUDGETS)
 
 
 def outcome(attempt: Attempt | None, verdict: Verdict) -> str:
@@ -74,7 +73,7 @@ def cell_table(key: tuple[str, float, int], a: dict[str, Any], b: dict[str, Any]
                  f"{100 * b['watermarked']['test_acc']:.2f} |")
     lines.append(f"| threshold | {100 * a['threshold']:.0f} % | {100 * b['threshold']:.0f} % |")
     lines.append(f"| Neural Cleanse flags the target | {a['target_detected']} | {b['target_detected']} |")
-    sides = list(zip(judged(a), judged(b), strict=True))
+    sides = list(zip(judged(scheme, seed, a), judged(scheme, seed, b), strict=True))
     for row, attempt_of in (("pick", lambda v: v.picks[0]), ("in hindsight", lambda v: v.hindsight[0])):
         lines += [f"| {row} within {100 * va.budget:g} pt | {outcome(attempt_of(va), va)} | "
                   f"{outcome(attempt_of(vb), vb)} |" for va, vb in sides]

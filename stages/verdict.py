@@ -35,6 +35,18 @@ from wmbench.sweep import dotted, paper_cell, paper_references
 from wmbench.verdict import fraction_key, judge_fractions
 
 
+def cell_attempts(scheme: str, seed: int, cell: dict[str, Any]) -> list[Attempt]:
+    """One grid cell's removals as :class:`Attempt` s, in the order of their labels."""
+    attempts = []
+    for model, figures in sorted(cell["attempts"].items()):
+        method, setting = split_label(model)  # a variant: method@key=value (stages.grid)
+        attempts.append(Attempt(scheme=scheme, method=method, setting=setting, seed=seed,
+                                estimated_drop=figures["holdout_acc_drop"], proxy_wm_acc=figures["proxy_wm_acc"],
+                                test_acc_drop=figures["test_acc_drop"], wm_acc=figures["wm_acc"],
+                                threshold=cell["threshold"]))
+    return attempts
+
+
 def gather(seeds: Sequence[dict[str, Any]]) -> tuple[dict[float, list[Attempt]], list[dict[str, Any]]]:
     """Every removal of every seed as an :class:`Attempt` per fraction, and one flat row per (seed, cell, model)."""
     attempts: dict[float, list[Attempt]] = {}
@@ -44,22 +56,17 @@ def gather(seeds: Sequence[dict[str, Any]]) -> tuple[dict[float, list[Attempt]],
         for scheme, cells in sorted(metrics["cells"].items()):
             for cell in cells.values():
                 fraction = float(cell["adversary_fraction"])
+                attempts.setdefault(fraction, []).extend(cell_attempts(scheme, seed, cell))
                 base = {"scheme": scheme, "adversary_fraction": fraction, "seed": seed,
                         "threshold": cell["threshold"], "target_detected": cell["target_detected"]}
                 marked = cell["watermarked"]
                 rows.append({**base, "model": "watermarked", "test_acc": marked["test_acc"],
                              "wm_acc": marked["wm_acc"], "holdout_acc_drop": 0.0,
                              "proxy_wm_acc": marked["proxy_wm_acc"], "test_acc_drop": 0.0})
-                for model, figures in sorted(cell["attempts"].items()):
-                    method, setting = split_label(model)  # a variant: method@key=value (stages.grid)
-                    attempts.setdefault(fraction, []).append(Attempt(
-                        scheme=scheme, method=method, setting=setting, seed=seed,
-                        estimated_drop=figures["holdout_acc_drop"], proxy_wm_acc=figures["proxy_wm_acc"],
-                        test_acc_drop=figures["test_acc_drop"], wm_acc=figures["wm_acc"],
-                        threshold=cell["threshold"]))
-                    rows.append({**base, "model": model, "test_acc": figures["test_acc"],
-                                 "wm_acc": figures["wm_acc"], "holdout_acc_drop": figures["holdout_acc_drop"],
-                                 "proxy_wm_acc": figures["proxy_wm_acc"], "test_acc_drop": figures["test_acc_drop"]})
+                rows += [{**base, "model": model, "test_acc": figures["test_acc"], "wm_acc": figures["wm_acc"],
+                          "holdout_acc_drop": figures["holdout_acc_drop"], "proxy_wm_acc": figures["proxy_wm_acc"],
+                          "test_acc_drop": figures["test_acc_drop"]}
+                         for model, figures in sorted(cell["attempts"].items())]
     return dict(sorted(attempts.items(), reverse=True)), rows
 
 
