@@ -1,7 +1,8 @@
 """WILD's alignment ablation and REFIT on full-size Fashion-MNIST, 3 seeds (issue 13).
 
 Runs on the watermarked and clean models of ``scripts.aiken_results`` (same work
-folder: ``lenet``, 5 embedding epochs, target 0, 10 % adversary data), so the
+folder: ``lenet`` unless it says otherwise, 5 embedding epochs, target 0, 10 %
+adversary data), so the
 two result files describe the same models and share their thresholds (Aiken
 et al. Sec. 7.1's rule: the highest rate any clean model shows at any epoch on
 the scheme's trigger set). Every run is the pipeline's ``remove`` stage on a
@@ -291,7 +292,7 @@ def found_row(references: dict, scheme: str) -> str:
     return f'WILD "{rows[0].name}"' if rows else scheme
 
 
-def plot_ablation(rows: Sequence[dict], path: Path) -> None:
+def plot_ablation(rows: Sequence[dict], path: Path, arch: str) -> None:
     """Retention and test-accuracy loss against beta (symlog axis), one line per scheme and D, ± std bars."""
     from matplotlib.figure import Figure
 
@@ -317,8 +318,17 @@ def plot_ablation(rows: Sequence[dict], path: Path) -> None:
         axis.grid(alpha=0.3)
     lost.axhline(1.5, color="grey", linewidth=0.8, linestyle=":")
     retention.legend(fontsize=8)
-    figure.suptitle("WILD on Fashion-MNIST, 10 % adversary data, lenet: mean ± std over 3 seeds")
+    figure.suptitle(f"WILD on Fashion-MNIST, 10 % adversary data, {arch}: mean ± std over 3 seeds")
     save_figure(figure, path)
+
+
+def models_arch(work: Path, runs: Sequence[Run]) -> str:
+    """The architecture of the work folder's models (``model.arch`` in their cells' params)."""
+    cells = {work / run.scheme / f"seed{run.seed}" / f"{FRACTION:g}" for run in runs}
+    archs = {yaml.safe_load((cell / "params.yaml").read_text())["model"]["arch"] for cell in cells}
+    if len(archs) != 1:
+        raise SystemExit(f"the work folder {work} mixes architectures {sorted(archs)}; use one folder per architecture")
+    return archs.pop()
 
 
 def run_all(work: Path, runs: Sequence[Run], jobs: int) -> None:
@@ -354,11 +364,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--from-csv", action="store_true",
                         help="run nothing and read no work folder: print the tables and draw the plot from the "
                              "committed CSVs")
+    parser.add_argument("--arch", default="lenet",
+                        help="with --from-csv: the architecture the CSVs' runs used, for the plot's title (the CSVs "
+                             "do not name it; otherwise it is read from the work folder). Default %(default)s")
     args = parser.parse_args(argv)
     if args.from_csv:
         ablation, rows = (read_csv(Path(path)) for path in (args.ablation, args.table))
         print(ablation_table(ablation), table_ii(rows), summary(rows), sep="\n\n")
-        plot_ablation(ablation, Path(args.plot))
+        plot_ablation(ablation, Path(args.plot), args.arch)
         return
     work = Path(args.work).resolve()
     if args.dn_choice:
@@ -380,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ablation, rows = collect(work, runs, Path(args.ablation), Path(args.table))
     write_csv(Path(args.ablation), ablation, ABLATION_COLUMNS)
     write_csv(Path(args.table), rows, TABLE_COLUMNS)
-    plot_ablation(ablation, Path(args.plot))
+    plot_ablation(ablation, Path(args.plot), models_arch(work, runs))
     print(ablation_table(ablation), table_ii(rows), summary(rows), sep="\n\n")
     print(f"{len(ablation)} ablation rows in {args.ablation}, {len(rows)} rows in {args.table}; "
           f"{time.perf_counter() - start:.0f} s")
