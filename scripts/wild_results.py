@@ -1,11 +1,11 @@
 """WILD's alignment ablation and REFIT on full-size Fashion-MNIST, 3 seeds (issue 13).
 
 Runs on the watermarked and clean models of ``scripts.aiken_results`` (same work
-folder: ``lenet`` unless it says otherwise, 5 embedding epochs, target 0, 10 %
-adversary data), so the
-two result files describe the same models and share their thresholds (Aiken
-et al. Sec. 7.1's rule: the highest rate any clean model shows at any epoch on
-the scheme's trigger set). Every run is the pipeline's ``remove`` stage on a
+folder: ``lenet`` unless its params say otherwise, 5 embedding epochs, target 0,
+10 % adversary data), so the two result files describe the same models and
+share their thresholds (Aiken et al. Sec. 7.1's rule: the highest rate any
+clean model shows at any epoch on the scheme's trigger set). Every run is the
+pipeline's ``remove`` stage on a
 params file written per run, so a row is what ``dvc exp run -S ...`` gives.
 
 Runs, in the order they are started (the most important first, so that an
@@ -324,7 +324,7 @@ def plot_ablation(rows: Sequence[dict], path: Path, arch: str) -> None:
 
 def models_arch(work: Path, runs: Sequence[Run]) -> str:
     """The architecture of the work folder's models (``model.arch`` in their cells' params)."""
-    cells = {work / run.scheme / f"seed{run.seed}" / f"{FRACTION:g}" for run in runs}
+    cells = {run.folder(work).parent for run in runs}  # the cell whose model and params a run starts from
     archs = {yaml.safe_load((cell / "params.yaml").read_text())["model"]["arch"] for cell in cells}
     if len(archs) != 1:
         raise SystemExit(f"the work folder {work} mixes architectures {sorted(archs)}; use one folder per architecture")
