@@ -10,6 +10,7 @@ import signal
 
 import pytest
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from stages import check, embed, evaluate, export, plots, prepare, reconstruct, remove, robustness, vanilla
 from stages.prepare import describe_counts
@@ -21,6 +22,7 @@ from wmbench.stage import (
     resolve_threads,
     run_settings,
     run_stage,
+    set_threads,
     settings_path,
     writing_outputs,
 )
@@ -100,6 +102,19 @@ def test_threads_default_to_one_and_zero_means_every_core():
     assert resolve_threads(3) == 3
     with pytest.raises(ParamsError, match="threads=-1 must be >= 0"):
         parse_params(small_params(threads=-1))
+
+
+def test_threads_limit_numpys_blas_whatever_the_environment_started_it_with():
+    """The export check multiplies in NumPy; its pool must follow `threads`, not OMP_NUM_THREADS."""
+    assert any(pool["user_api"] == "blas" for pool in threadpool_info())  # NumPy's OpenBLAS, loaded
+    before = torch.get_num_threads()
+    try:
+        with threadpool_limits(limits=2, user_api="blas"):  # as a shell without OMP_NUM_THREADS leaves it
+            for threads in (1, 2):
+                assert set_threads(threads) == threads
+                assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {threads}
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_settings_tell_two_wild_runs_apart_by_beta():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from wmbench import __version__
 from wmbench.device import cpu_name, resolve_device
@@ -66,9 +67,17 @@ def resolve_threads(threads: int) -> int:
 
 
 def set_threads(threads: int) -> int:
-    """Set torch's intra-op CPU threads (``0`` = every core); the count now in use."""
+    """Set torch's intra-op CPU threads and the BLAS pools already loaded (``0`` = every core); the count in use.
+
+    NumPy's OpenBLAS sizes its pool from ``OMP_NUM_THREADS`` when it loads, and
+    a matrix product's float sums depend on how it is split: ONNX's reference
+    evaluator (the export check) multiplies with it, so without this limit the
+    export stage's logit differences changed in their last bits with the shell's
+    environment. Limited here, a stage's numbers follow ``threads`` alone.
+    """
     count = resolve_threads(threads)
     torch.set_num_threads(count)
+    threadpool_limits(limits=count, user_api="blas")  # NumPy is loaded: wmbench.seeding imports it
     return count
 
 
