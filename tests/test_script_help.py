@@ -8,7 +8,8 @@ import sys
 import pytest
 
 MODULES = ("scripts.aiken_results", "scripts.wild_results", "scripts.sweep", "scripts.rmsprop_probe",
-           "scripts.holdout_error", "scripts.proxy_probe", "scripts.laundering_probe", "scripts.nc_probe",
+           "scripts.refit_probe", "scripts.holdout_error", "scripts.proxy_probe", "scripts.laundering_probe",
+           "scripts.nc_probe",
            "scripts.add_attempts", "scripts.wide_proxy_probe", "scripts.menu_cut_replay", "scripts.machine_compare",
            "bench.wild_grid",
            "bench.stage_speed", "bench.train_speed", "bench.threads", "bench.reconstruct_speed", "stages.grid",
@@ -41,3 +42,10 @@ def test_probes_of_the_committed_experiment_name_the_missing_run(name, argv, tmp
     monkeypatch.chdir(tmp_path)  # no experiments/fashion_mnist/work here
     with pytest.raises(SystemExit, match=r"experiments/fashion_mnist/work/seed7 is missing: run `dvc repro`"):
         importlib.import_module(name).main([*argv, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o.csv")])
+
+
+def test_refit_probe_names_the_command_that_makes_its_models(tmp_path):
+    with pytest.raises(SystemExit, match=r"square/seed0/0.1/params.yaml is missing: run `python -m "
+                                         r"scripts.aiken_results --models-only --seeds 0 --schemes square"):
+        importlib.import_module("scripts.refit_probe").main(["--work", str(tmp_path), "--seeds", "0",
+                                                             "--out", str(tmp_path / "out.csv")])
