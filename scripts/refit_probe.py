@@ -1,15 +1,15 @@
 """Probe: what keeps REFIT-as-WILD-ran-it from removing the Fashion-MNIST square at lr 0.005? (issue 13)
 
 WILD Table II removes its MNIST square with REFIT at RMSprop lr 0.005 (3.3 %
-left at 0.4 points lost); ours leaves about 55 % at 0.6 points. This re-runs
+left at 0.4 points lost); ours leaves about 55 % at 1.1 points. This re-runs
 that removal on the same models with one of REFIT's pieces changed at a time,
 beside the unchanged run: EWC off (``ewc_weight`` 0, plain large-lr fine-tuning
-with REFIT's schedule and crops) or weaker (1), and no random crops (``random_crop`` 0). It
-reads ``scripts.aiken_results``' work folder (the 10 % cells' watermarked models
-and clean-model thresholds) and uses ``scripts.wild_results``' run code, so a
-row is what ``dvc exp run -S removal.refit.variant=wild -S ...`` gives. A
-diagnosis, not an adversary's choice: test accuracy and retention are reported,
-nothing is selected on them.
+with REFIT's schedule and crops) or weaker (1), and no random crops
+(``random_crop`` 0). It reads ``scripts.aiken_results``' work folder (the 10 %
+cells' watermarked models and clean-model thresholds) and uses
+``scripts.wild_results``' run code, so a row is what ``dvc exp run -S
+removal.refit.variant=wild -S ...`` gives. A diagnosis, not an adversary's
+choice: test accuracy and retention are reported, nothing is selected on them.
 
     OMP_NUM_THREADS=1 python -m scripts.aiken_results --jobs 2 --models-only --schemes square --fractions 0.1
     OMP_NUM_THREADS=1 python -m scripts.refit_probe --jobs 2 --settings unchanged ewc_weight=0 ewc_weight=1
