@@ -14,7 +14,9 @@ choice: test accuracy and retention are reported, nothing is selected on them.
     OMP_NUM_THREADS=1 python -m scripts.aiken_results --jobs 2 --models-only --schemes square --fractions 0.1
     OMP_NUM_THREADS=1 python -m scripts.refit_probe --jobs 2 --settings unchanged ewc_weight=0 ewc_weight=1
     OMP_NUM_THREADS=1 python -m scripts.refit_probe --seeds 0 --settings random_crop=0
-    # 10 runs of 10-11 minutes each, two at once
+    OMP_NUM_THREADS=1 python -m scripts.aiken_results --jobs 2 --models-only --schemes content --fractions 0.1
+    OMP_NUM_THREADS=1 python -m scripts.refit_probe --jobs 2 --schemes content --settings unchanged ewc_weight=0
+    # 16 runs of 10-11 minutes each, two at once
 """
 
 from __future__ import annotations
