@@ -40,33 +40,34 @@ VARIANTS = {  # name -> the params it changes besides BASE
 COLUMNS = ("scheme", "seed", "setting", "test_acc_watermarked", "test_acc", "wm_acc", "threshold", "seconds")
 
 
-def plan(seeds: Sequence[int], schemes: Sequence[str], settings: Sequence[str]) -> list[tuple[str, Run]]:
-    """(setting, run) for every seed, scheme and ``VARIANTS`` name in ``settings``, the unchanged run first;
-    a setting reads like ``scripts.wild_results``' (``variant=wild,lr=0.005,ewc_weight=0``)."""
-    return [("variant=wild,lr=0.005" + ("" if name == "unchanged" else f",{name}"),
-             Run(scheme, seed, "refit", BASE + extra))
+def plan(seeds: Sequence[int], schemes: Sequence[str], settings: Sequence[str]) -> list[Run]:
+    """A run for every seed, scheme and ``VARIANTS`` name in ``settings``, the unchanged run first."""
+    return [Run(scheme, seed, "refit", BASE + extra)
             for seed in seeds for scheme in schemes for name, extra in VARIANTS.items() if name in settings]
 
 
-def check_models(work: Path, planned: Sequence[tuple[str, Run]]) -> None:
+def setting(run: Run) -> str:
+    """What a row says was run, read like ``scripts.wild_results``' (``variant=wild,lr=0.005,ewc_weight=0``)."""
+    return run.name.removeprefix(f"{run.method}-")
+
+
+def check_models(work: Path, runs: Sequence[Run]) -> None:
     """Stop before any run when a cell's watermarked model or the clean models are missing, naming the command."""
-    needed = sorted({work / run.scheme / f"seed{run.seed}" / "0.1" / "params.yaml" for _, run in planned}
-                    | {work / run.scheme / f"seed{run.seed}" / "watermarked.pt" for _, run in planned})
+    cells = {run.folder(work).parent for run in runs}  # the adversary's cell; its model lies one folder up
+    needed = sorted({cell / "params.yaml" for cell in cells} | {cell.parent / "watermarked.pt" for cell in cells})
     missing = [str(path) for path in needed if not path.exists()]
     if missing or not any((work / "clean").glob("seed*/epoch*.pt")):
-        seeds = " ".join(sorted({str(run.seed) for _, run in planned}))
-        schemes = " ".join(sorted({run.scheme for _, run in planned}))
+        seeds = " ".join(sorted({str(run.seed) for run in runs}))
+        schemes = " ".join(sorted({run.scheme for run in runs}))
         raise SystemExit(f"{missing[0] if missing else work / 'clean'} is missing: run `python -m "
                          f"scripts.aiken_results --models-only --seeds {seeds} --schemes {schemes} --fractions 0.1 "
                          f"--work {work}` first")
 
 
-def rows(work: Path, planned: Sequence[tuple[str, Run]]) -> list[dict]:
+def rows(work: Path, runs: Sequence[Run]) -> list[dict]:
     """One row per finished run, with its seed's threshold (Aiken et al. Sec. 7.1's rule)."""
-    setting_of = {run: setting for setting, run in planned}
-    runs = [run for _, run in planned]
     limits = thresholds(work, sorted({run.seed for run in runs}), sorted({run.scheme for run in runs}))
-    return [{"scheme": run.scheme, "seed": run.seed, "setting": setting_of[run],
+    return [{"scheme": run.scheme, "seed": run.seed, "setting": setting(run),
              "test_acc_watermarked": embedded["test_acc"], "test_acc": metrics["test_acc"],
              "wm_acc": metrics["wm_acc"], "threshold": limits[run.scheme, run.seed],
              "seconds": round(metrics["time_s"], 1)}
@@ -85,14 +86,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: give at least 1")
-    work, planned = Path(args.work), plan(args.seeds, args.schemes, args.settings)
-    check_models(work, planned)
-    run_jobs([Job(f"{run.scheme} seed {run.seed} {setting}", "scripts.wild_results:execute", (work, run),
-                  str(work / "runner.log"), cost=300.0) for setting, run in planned],
+    work, runs = Path(args.work), plan(args.seeds, args.schemes, args.settings)
+    check_models(work, runs)
+    run_jobs([Job(f"{run.scheme} seed {run.seed} {setting(run)}", "scripts.wild_results:execute", (work, run),
+                  str(work / "runner.log"), cost=300.0) for run in runs],
              args.jobs, say=lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(args.out)
     key = ("scheme", "seed", "setting")
-    write_csv(out, merge(read_csv(out) if out.exists() else [], rows(work, planned), key), COLUMNS)
+    write_csv(out, merge(read_csv(out) if out.exists() else [], rows(work, runs), key), COLUMNS)
     print(f"wrote {out}")
 
 
