@@ -5,8 +5,8 @@ folder: ``lenet`` unless its params say otherwise, 5 embedding epochs, target 0,
 10 % adversary data), so the two result files describe the same models and
 share their thresholds (Aiken et al. Sec. 7.1's rule: the highest rate any
 clean model shows at any epoch on the scheme's trigger set). Every run is the
-pipeline's ``remove`` stage on a
-params file written per run, so a row is what ``dvc exp run -S ...`` gives.
+pipeline's ``remove`` stage on a params file written per run, so a row is what
+``dvc exp run -S ...`` gives.
 
 Runs, in the order they are started (the most important first, so that an
 interrupted grid still answers the main question; a rerun skips finished runs):
