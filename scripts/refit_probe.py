@@ -5,11 +5,15 @@ left at 0.4 points lost); ours leaves about 55 % at 1.1 points. This re-runs
 that removal on the same models with one of REFIT's pieces changed at a time,
 beside the unchanged run: EWC off (``ewc_weight`` 0, plain large-lr fine-tuning
 with REFIT's schedule and crops) or weaker (1), and no random crops
-(``random_crop`` 0). It reads ``scripts.aiken_results``' work folder (the 10 %
-cells' watermarked models and clean-model thresholds) and uses
-``scripts.wild_results``' run code, so a row is what ``dvc exp run -S
-removal.refit.variant=wild -S ...`` gives. A diagnosis, not an adversary's
-choice: test accuracy and retention are reported, nothing is selected on them.
+(``random_crop`` 0). Or REFIT cut to a twelfth of its steps, as the full-size
+experiment must cut it: its first 5 of 60 epochs (``epochs`` 5, the
+experiment's cut), or all 60 epochs of one pass over the adversary's images
+each (``epoch_length`` adversary: REFIT's whole lr schedule, shorter). It
+reads ``scripts.aiken_results``' work folder (the 10 % cells' watermarked
+models and clean-model thresholds) and uses ``scripts.wild_results``' run
+code, so a row is what ``dvc exp run -S removal.refit.variant=wild -S ...``
+gives. A diagnosis, not an adversary's choice: test accuracy and retention
+are reported, nothing is selected on them.
 
     OMP_NUM_THREADS=1 python -m scripts.aiken_results --jobs 2 --models-only --schemes square --fractions 0.1
     OMP_NUM_THREADS=1 python -m scripts.refit_probe --jobs 2 --settings unchanged ewc_weight=0 ewc_weight=1
@@ -17,6 +21,8 @@ choice: test accuracy and retention are reported, nothing is selected on them.
     OMP_NUM_THREADS=1 python -m scripts.aiken_results --jobs 2 --models-only --schemes content --fractions 0.1
     OMP_NUM_THREADS=1 python -m scripts.refit_probe --jobs 2 --schemes content --settings unchanged ewc_weight=0
     # 16 runs of 10-11 minutes each, two at once
+    OMP_NUM_THREADS=1 python -m scripts.refit_probe --jobs 2 --schemes square content \
+        --settings epochs=5 epoch_length=adversary epoch_length=adversary,ewc_weight=0   # 18 runs, 12 min
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ VARIANTS = {  # name -> the params it changes besides BASE
     "ewc_weight=0": (("removal.refit.ewc_weight", 0.0),),
     "ewc_weight=1": (("removal.refit.ewc_weight", 1.0),),
     "random_crop=0": (("removal.refit.random_crop", 0),),
+    # the full-size experiment's cut (its params.yaml: 5 of the 60 epochs), and a cut at the same cost that keeps
+    # REFIT's whole lr schedule: 60 epochs of one pass over the adversary's images instead of the owner's length
+    "epochs=5": (("removal.refit.epochs", 5),),
+    "epoch_length=adversary": (("removal.refit.epoch_length", "adversary"),),
+    "epoch_length=adversary,ewc_weight=0": (("removal.refit.epoch_length", "adversary"),
+                                            ("removal.refit.ewc_weight", 0.0)),
 }
 COLUMNS = ("scheme", "seed", "setting", "test_acc_watermarked", "test_acc", "wm_acc", "threshold", "seconds")
 

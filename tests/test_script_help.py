@@ -49,3 +49,24 @@ def test_refit_probe_names_the_command_that_makes_its_models(tmp_path):
                                          r"scripts.aiken_results --models-only --seeds 0 --schemes square"):
         importlib.import_module("scripts.refit_probe").main(["--work", str(tmp_path), "--seeds", "0",
                                                              "--out", str(tmp_path / "out.csv")])
+
+
+@pytest.mark.parametrize("name", sorted(importlib.import_module("scripts.refit_probe").VARIANTS))
+def test_refit_probe_settings_are_valid_params(name, tmp_path):
+    """Each probe setting names keys params.yaml has, with values REFIT accepts: a typo fails here, not after
+    ten minutes of runs."""
+    from pathlib import Path
+
+    import yaml
+
+    from bench.wild_grid import set_dotted
+    from scripts.refit_probe import BASE, VARIANTS
+    from wmbench.params import load_params
+
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    for key, value in BASE + VARIANTS[name]:
+        set_dotted(params, key, value)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    refit = load_params(tmp_path / "params.yaml").removal.settings["refit"]
+    for key, value in VARIANTS[name]:
+        assert getattr(refit, key.rsplit(".", 1)[1]) == value
