@@ -33,22 +33,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scripts.aiken_results import merge, read_csv, thresholds, write_csv
-from scripts.wild_results import Run, finished
+from scripts.wild_results import Run, finished, settings_name
 from wmbench.jobs import Job, run_jobs
 
 BASE = (("removal.refit.variant", "wild"), ("removal.refit.lr", 0.005))  # REFIT as WILD ran it, Table II's lr
-VARIANTS = {  # name -> the params it changes besides BASE
-    "unchanged": (),
-    "ewc_weight=0": (("removal.refit.ewc_weight", 0.0),),
-    "ewc_weight=1": (("removal.refit.ewc_weight", 1.0),),
-    "random_crop=0": (("removal.refit.random_crop", 0),),
+CHANGES = (  # the params each probe setting changes besides BASE; its name is what they read as (settings_name)
+    (("removal.refit.ewc_weight", 0.0),),
+    (("removal.refit.ewc_weight", 1.0),),
+    (("removal.refit.random_crop", 0),),
     # the full-size experiment's cut (its params.yaml: 5 of the 60 epochs), and a cut at the same cost that keeps
     # REFIT's whole lr schedule: 60 epochs of one pass over the adversary's images instead of the owner's length
-    "epochs=5": (("removal.refit.epochs", 5),),
-    "epoch_length=adversary": (("removal.refit.epoch_length", "adversary"),),
-    "epoch_length=adversary,ewc_weight=0": (("removal.refit.epoch_length", "adversary"),
-                                            ("removal.refit.ewc_weight", 0.0)),
-}
+    (("removal.refit.epochs", 5),),
+    (("removal.refit.epoch_length", "adversary"),),
+    (("removal.refit.epoch_length", "adversary"), ("removal.refit.ewc_weight", 0.0)),
+)
+VARIANTS = {"unchanged": (), **{settings_name(extra): extra for extra in CHANGES}}  # name -> its changes
 COLUMNS = ("scheme", "seed", "setting", "test_acc_watermarked", "test_acc", "wm_acc", "threshold", "seconds")
 
 
@@ -60,7 +59,7 @@ def plan(seeds: Sequence[int], schemes: Sequence[str], settings: Sequence[str]) 
 
 def setting(run: Run) -> str:
     """What a row says was run, read like ``scripts.wild_results``' (``variant=wild,lr=0.005,ewc_weight=0``)."""
-    return run.name.removeprefix(f"{run.method}-")
+    return settings_name(run.settings)
 
 
 def check_models(work: Path, runs: Sequence[Run]) -> None:

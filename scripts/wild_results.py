@@ -56,6 +56,12 @@ TABLE_COLUMNS = ("scheme", "method", "setting", "adversary_fraction", "seed", "t
                  "wm_acc", "threshold", "seconds")
 
 
+def settings_name(settings: Sequence[tuple[str, Any]]) -> str:
+    """``key=value,...`` with each key's last part (``ewc_weight=0`` for ``removal.refit.ewc_weight``, 0.0)."""
+    return ",".join(f"{key.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, float)
+                    else f"{key.rsplit('.', 1)[-1]}={value}" for key, value in settings)
+
+
 @dataclass(frozen=True)
 class Run:
     """One removal of the grid: the method, the params it changes, and the name of its files."""
@@ -67,9 +73,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        return f"{self.method}-" + ",".join(f"{key.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, float)
-                                            else f"{key.rsplit('.', 1)[-1]}={value}"
-                                            for key, value in self.settings)
+        return f"{self.method}-{settings_name(self.settings)}"
 
     def folder(self, work: Path) -> Path:
         return work / self.scheme / f"seed{self.seed}" / f"{FRACTION:g}" / "wild"
