@@ -142,3 +142,27 @@ def test_hindsight_counts_what_the_menu_removed_whatever_the_adversary_picked():
     assert to_metrics([verdict])["square"]["within_1"]["removable_in_hindsight"] == 1
     assert report([verdict]).splitlines()[-1].endswith("| survives 1 point (a pick lost 1.5 on the test set) | 1/2 |")
     assert best_in_hindsight([costly], 0.01) is None  # its test loss is over the budget, whatever the slice said
+
+
+def test_a_baseline_is_never_picked_nor_counted_in_hindsight():
+    """Training from scratch on the adversary's data is the bar a removal must beat, not a removal."""
+    scratch = attempt(method="scratch", setting="", estimated=0.004, proxy=0.0, drop=0.004, wm=0.0)
+    weak = attempt(setting="weak", estimated=0.004, proxy=0.5, drop=0.004, wm=0.5)
+    assert scratch.baseline and not weak.baseline
+    assert choose([scratch, weak], 0.01) is weak and best_in_hindsight([scratch, weak], 0.01) is weak
+    assert choose([scratch], 0.01) is None
+
+
+def test_the_registrys_baselines_are_the_verdicts():
+    from wmbench.removal import REMOVALS
+    from wmbench.robustness import BASELINES
+
+    assert {name for name in REMOVALS.names() if REMOVALS.get(name).baseline} == BASELINES
+
+
+def test_a_loss_of_exactly_the_budget_fits_despite_float_error():
+    """0.8914 - 0.8864 is 0.0050000000000000044: 50 test images of 10,000 fit a 0.5-point budget."""
+    exact = attempt(estimated=0.8914 - 0.8864, drop=0.8914 - 0.8864, wm=0.03, threshold=0.03)
+    (verdict,) = verdicts([exact], budgets=[0.005])
+    assert verdict.chosen == [exact] and verdict.removed and not verdict.overshot
+    assert best_in_hindsight([exact], 0.005) is exact

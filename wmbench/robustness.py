@@ -9,12 +9,21 @@ that keep the adversary's knowledge apart from the measurement:
    attempts whose accuracy drop on its held-out slice fits the budget, and of
    those the one with the lowest *proxy* retention (its stand-in for the true
    trigger set, e.g. the reconstructed trigger or erased copies). Test accuracy
-   and the true retention are never looked at here.
+   and the true retention are never looked at here. Baselines
+   (:data:`BASELINES`: ``scratch``, a model trained on the adversary's data
+   alone) are not removals and are never picked: they are the bar a removal
+   must beat (DESIGN: "the bar a removed model must beat to be worth stealing").
 2. **Measure** (:func:`verdicts`): the chosen attempts' test-accuracy drop and
    retention against the vanilla threshold, with the spread over seeds. A
-   watermark is "removed within N points" only when every seed's pick is below
-   its threshold and lost at most N points on the test set; one surviving seed
-   (or a pick whose held-out estimate hid a larger loss) makes it "survives".
+   watermark is "removed within N points" only when every seed's pick is at
+   or below its threshold and lost at most N points on the test set; one
+   surviving seed (or a pick whose held-out estimate hid a larger loss) makes
+   it "survives".
+
+"At or below": Aiken et al. Sec. 7.1 argue that a laundered model that "falls
+below the highest naturally occurring watermark classification rate" proves no
+ownership; a model *at* that rate scores what some clean model scored, so it
+proves none either, and with 100 verification images ties are common.
 
 :func:`frontier` gives the measured accuracy-retention trade-off per method
 (every setting, mean over seeds): what the best setting in hindsight reaches,
@@ -35,6 +44,13 @@ from dataclasses import dataclass
 from typing import Any
 
 BUDGETS = (0.005, 0.01, 0.02)  # accuracy an owner tolerates losing: 0.5, 1 and 2 points
+BASELINES = frozenset({"scratch"})  # methods reported beside the removals but never picked (Removal.baseline)
+TOLERANCE = 1e-9  # accuracies are counts over n images: 0.8914 - 0.8864 is 0.0050000000000000044, not above 0.005
+
+
+def fits(drop: float, budget: float) -> bool:
+    """``drop`` is within ``budget``, up to float error: a loss of exactly 50 images in 10,000 fits 0.5 points."""
+    return drop <= budget + TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,13 @@ class Attempt:
 
     @property
     def removed(self) -> bool:
-        return self.wm_acc <= self.threshold
+        """At or below the ownership threshold (the module's docstring says why "at")."""
+        return self.wm_acc <= self.threshold + TOLERANCE
+
+    @property
+    def baseline(self) -> bool:
+        """A reference model (:data:`BASELINES`), not a removal: never the adversary's pick."""
+        return self.method in BASELINES
 
 
 def split_label(label: str) -> tuple[str, str]:
@@ -95,8 +117,8 @@ class Verdict:
         return [pick for pick in self.picks if pick is not None]
 
     def succeeded(self, pick: Attempt | None) -> bool:
-        """The pick removed the mark (below its threshold) and its measured test loss kept to the budget."""
-        return pick is not None and pick.removed and pick.test_acc_drop <= self.budget
+        """The pick removed the mark (at or below its threshold) and its measured test loss kept to the budget."""
+        return pick is not None and pick.removed and fits(pick.test_acc_drop, self.budget)
 
     @property
     def removed(self) -> bool:
@@ -106,7 +128,7 @@ class Verdict:
 
     @property
     def removed_seeds(self) -> int:
-        """Seeds whose pick succeeded (below its threshold within the budget on the test set)."""
+        """Seeds whose pick succeeded (at or below its threshold within the budget on the test set)."""
         return sum(self.succeeded(pick) for pick in self.picks)
 
     @property
@@ -117,7 +139,7 @@ class Verdict:
     @property
     def overshot(self) -> list[Attempt]:
         """Picks whose measured test loss exceeded the budget although the held-out estimate fitted it."""
-        return [pick for pick in self.chosen if pick.test_acc_drop > self.budget]
+        return [pick for pick in self.chosen if not fits(pick.test_acc_drop, self.budget)]
 
     @property
     def method(self) -> str:
@@ -149,19 +171,20 @@ class Verdict:
 
 
 def choose(attempts: Iterable[Attempt], budget: float) -> Attempt | None:
-    """The adversary's pick on one model (step 1): lowest proxy retention among the attempts whose held-out
-    drop is within ``budget``; ties go to the smaller drop, then the name, so the pick is deterministic."""
-    admissible = [a for a in attempts if a.estimated_drop <= budget]
+    """The adversary's pick on one model (step 1): lowest proxy retention among the removals (baselines left
+    out) whose held-out drop is within ``budget``; ties go to the smaller drop, then the name, so the pick is
+    deterministic."""
+    admissible = [a for a in attempts if not a.baseline and fits(a.estimated_drop, budget)]
     if not admissible:
         return None
     return min(admissible, key=lambda a: (a.proxy_wm_acc, a.estimated_drop, a.label))
 
 
 def best_in_hindsight(attempts: Iterable[Attempt], budget: float) -> Attempt | None:
-    """On one model, the attempt of lowest true retention among those whose *test* loss is within ``budget``
-    (ties: the smaller loss, then the name): what the menu can do, known only afterwards. Reported beside the
-    adversary's pick to tell a menu too weak from a judgement misled; never used to choose."""
-    fitting = [a for a in attempts if a.test_acc_drop <= budget]
+    """On one model, the removal (baselines left out) of lowest true retention among those whose *test* loss
+    is within ``budget`` (ties: the smaller loss, then the name): what the menu can do, known only afterwards.
+    Reported beside the adversary's pick to tell a menu too weak from a judgement misled; never used to choose."""
+    fitting = [a for a in attempts if not a.baseline and fits(a.test_acc_drop, budget)]
     if not fitting:
         return None
     return min(fitting, key=lambda a: (a.wm_acc, a.test_acc_drop, a.label))

@@ -91,6 +91,7 @@ class Removal(ABC):
 
     Params: ClassVar[type] = TrainingSettings
     uses_reconstruction: ClassVar[bool] = False  # starts from RemovalData.reconstruction when given
+    baseline: ClassVar[bool] = False  # a reference, not a removal: never the verdict's pick (robustness.BASELINES)
 
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()

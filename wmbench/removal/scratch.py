@@ -44,6 +44,7 @@ class Scratch(Removal):
     """
 
     Params = ScratchParams
+    baseline = True  # what the adversary's data alone is worth: the bar, not a removal
 
     def remove(self, model: nn.Module, data: RemovalData) -> RemovalResult:
         model = copy_model(model)
