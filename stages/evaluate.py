@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = verdicts(scores, threshold=threshold, trigger_size=trigger_size, alpha=params.evaluate.alpha)
     for row in table.values():  # dvc metrics diff prints 1e-77 as 0.0; its exponent reads at any precision
         if "p_value" in row:
-            row["p_value_log10"] = round(math.log10(max(row["p_value"], sys.float_info.min)), 3)
+            row["p_value_log10"] = round(math.log10(max(row["p_value"], sys.float_info.min)), 3) + 0.0  # no -0.0
     with writing_outputs():
         write_csv_atomic(args.plot, [{"model": name, **row} for name, row in table.items()])
         write_json_atomic(args.metrics, {

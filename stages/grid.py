@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from wmbench import seeding
 from wmbench.files import read_json, write_json_atomic
 from wmbench.jobs import Job, run_jobs
 from wmbench.stage import SETTINGS_HELP, Timer, run_stage, settings_path, stage_parser, writing_outputs
@@ -432,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     params_files = {cell.name: write_cell_params(base, cell, args.seed) for cell in cells}
     params_files.update({f"{cell.name} {v.name}": write_variant_params(params_files[cell.name], v)
                          for cell in cells for v in variants if v.overrides})
-    clean_seeds = [args.seed + k for k in range(1, params.vanilla.seeds + 1)]
+    clean_seeds = seeding.clean_seeds(args.seed, params.vanilla.seeds)
     timer = Timer()
 
     jobs = plan(cells, params_files, variants, clean_seeds, work, params.reconstruct.epoch_images, scales)

@@ -1,4 +1,4 @@
-"""Stage ``reconstruct``: Neural Cleanse on the watermarked model with the adversary's images only.
+"""Stage ``reconstruct``: Neural Cleanse on the watermarked model with the adversary's training images only.
 
 Reverse-engineers the smallest trigger for every class, ranks the classes by
 the MAD anomaly index of their mask norms and names the class most likely
@@ -18,11 +18,12 @@ import torch
 from matplotlib.figure import Figure
 
 from wmbench.checkpoint import load_checkpoint
+from wmbench.data import adversary_holdout_split
 from wmbench.files import write_csv_atomic, write_json_atomic
 from wmbench.params import Params
 from wmbench.plotting import save_figure
 from wmbench.precision import autocast, channels_last_model, channels_last_prepared
-from wmbench.prepared import load_prepared
+from wmbench.prepared import Prepared, load_prepared
 from wmbench.progress import Progress
 from wmbench.reconstruct import AnomalyReport, Reconstruction, mad_anomaly, neural_cleanse, save_reconstruction
 from wmbench.seeding import generator
@@ -118,6 +119,15 @@ def _displayable(image: torch.Tensor) -> np.ndarray:
     return array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
 
 
+def training_images(prepared: Prepared, params: Params, device: torch.device) -> torch.Tensor:
+    """The adversary's images less its held-out slice (``data.adversary_holdout``): the slice judges the
+    removals, so nothing the adversary fits, these triggers included, may have seen it (the removals train on
+    the same images, :func:`wmbench.proxy.adversary_training_images`)."""
+    adversary = prepared.on("adversary", device)
+    train, _ = adversary_holdout_split(prepared.arrays["adversary"][1], params.data.adversary_holdout, params.seed)
+    return adversary.images[torch.as_tensor(train, device=device)]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__, "reconstruct")
     parser.add_argument("--prepared", default="data/prepared", help="the prepare stage's folder")
@@ -132,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = run_settings("reconstruct", params, device, reconstruct=params.reconstruct)
     prepared = channels_last_prepared(load_prepared(args.prepared), params.channels_last)
     model = channels_last_model(load_checkpoint(args.model).build_model().to(device), params.channels_last)
-    images = prepared.on("adversary", device).images
+    images = training_images(prepared, params, device)
     timer = Timer()
 
     with autocast(params.precision, device):

@@ -16,6 +16,7 @@ from wmbench.evaluate import calibrate_threshold
 from wmbench.files import write_csv_atomic, write_json_atomic
 from wmbench.precision import autocast, channels_last_prepared
 from wmbench.prepared import load_prepared
+from wmbench.seeding import clean_seeds
 from wmbench.stage import (
     SETTINGS_HELP,
     Timer,
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     prepared = channels_last_prepared(load_prepared(args.prepared), params.channels_last)
     timer = Timer()
 
-    seeds = [params.seed + k for k in range(1, params.vanilla.seeds + 1)]
+    seeds = clean_seeds(params.seed, params.vanilla.seeds)
     rows, finals, models = [], {}, {}
     for seed in seeds:
         with autocast(params.precision, device):

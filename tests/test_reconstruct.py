@@ -192,3 +192,23 @@ def test_stage_help_runs_outside_dvc(capsys):
         reconstruct_stage.main(["--help"])
     assert exit_info.value.code == 0
     assert "--params" in capsys.readouterr().out
+
+
+def test_the_reconstruct_stage_never_searches_the_adversarys_held_out_slice():
+    """The slice judges the removals, so the triggers Laundering retrains on and the proxies start from may not
+    have seen it: the stage searches the images the removals train on."""
+    import numpy as np
+
+    from stages.reconstruct import training_images
+    from wmbench.data import adversary_holdout_split
+    from wmbench.params import parse_params
+    from wmbench.prepared import Prepared
+
+    labels = np.repeat(np.arange(10), 10)
+    images = np.arange(100, dtype=np.uint8)[:, None, None, None] * np.ones((1, 1, 4, 4), dtype=np.uint8)
+    prepared = Prepared({"adversary": (images, labels)}, {})
+    params = parse_params({"seed": 3, "data": {"adversary_holdout": 0.2}})
+    found = training_images(prepared, params, torch.device("cpu"))
+    train, held = adversary_holdout_split(labels, 0.2, 3)
+    seen = set(int(v) for v in (found[:, 0, 0, 0] * 255).round())
+    assert len(found) == len(train) == 80 and seen == set(train.tolist()) and seen.isdisjoint(held.tolist())

@@ -139,10 +139,13 @@ class TrainParams:
 class VanillaParams:
     """Clean models that calibrate the ownership threshold (Aiken et al., Sec. 7.1)."""
 
-    seeds: int = 3  # how many clean models (seeds seed+1 .. seed+N)
+    seeds: int = 3  # how many clean models (training seeds 1000 seed + 1 .. + N: wmbench.seeding.clean_seeds)
 
     def __post_init__(self) -> None:
         _positive("vanilla.seeds", self.seeds)
+        if self.seeds >= 1000:
+            raise ParamsError(f"vanilla.seeds={self.seeds}: at most 999 clean models (their seeds are 1000 seed + 1 "
+                              "..); 3 to 10 calibrate a threshold")
 
 
 @dataclass

@@ -17,6 +17,22 @@ def derive_seed(seed: int, purpose: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(purpose.encode())) % (2**31 - 1)
 
 
+CLEAN_SEED_STRIDE = 1000  # run seed s trains its clean models with seeds 1000 s + 1 .. 1000 s + N
+
+
+def clean_seeds(seed: int, count: int) -> list[int]:
+    """The training seeds of run ``seed``'s ``count`` clean models: 1000 ``seed`` + 1 .. + ``count``.
+
+    Disjoint across run seeds, so a grid over seeds calibrates every seed's
+    threshold on its own clean models (``seed + 1 .. seed + N`` shared seeds
+    2 and 3 between runs 0 and 1, the same models when the owner's data is
+    the same); run seed 0 keeps 1 .. N.
+    """
+    if not 0 < count < CLEAN_SEED_STRIDE:
+        raise ValueError(f"vanilla.seeds={count} must lie in 1..{CLEAN_SEED_STRIDE - 1}")
+    return [CLEAN_SEED_STRIDE * seed + k for k in range(1, count + 1)]
+
+
 def generator(seed: int, purpose: str, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch generator on ``device`` seeded for ``purpose``."""
     return torch.Generator(device=device).manual_seed(derive_seed(seed, purpose))

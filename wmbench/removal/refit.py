@@ -394,7 +394,13 @@ class Refit(Removal):
         with torch.no_grad():
             drift = float(ewc_penalty(model, fisher, reference).item())
         flat = torch.cat([f.flatten() for f in fisher.values()])
-        clamped = float((p.ewc_weight * flat > 1.0 / lr).float().mean()) if p.ewc_clamp and p.ewc_weight else 0.0
+        last_lr = lr * p.lr_decay ** ((p.epochs - 1) // p.lr_decay_epochs)  # the last epoch's (StepLR)
+
+        def clamped(at_lr: float) -> float:
+            """Share of weights whose EWC coefficient the clamp 1 / lr caps at ``at_lr``."""
+            return float((p.ewc_weight * flat > 1.0 / at_lr).float().mean()) if p.ewc_clamp and p.ewc_weight else 0.0
+
         info = {"ewc_penalty": drift, "fisher_mean": float(flat.mean()), "fisher_max": fisher_max,
-                "ewc_clamped_share": clamped, "train_size": float(train_size)}
+                "ewc_clamped_share": clamped(lr), "ewc_clamped_share_last": clamped(last_lr),
+                "train_size": float(train_size)}
         return RemovalResult(model.eval(), history, info)
