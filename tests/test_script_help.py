@@ -11,7 +11,7 @@ MODULES = ("scripts.aiken_results", "scripts.wild_results", "scripts.sweep", "sc
            "scripts.refit_probe", "scripts.holdout_error", "scripts.proxy_probe", "scripts.laundering_probe",
            "scripts.nc_probe",
            "scripts.add_attempts", "scripts.wide_proxy_probe", "scripts.menu_cut_replay", "scripts.machine_compare",
-           "bench.wild_grid",
+           "scripts.verification_resolution", "bench.wild_grid",
            "bench.stage_speed", "bench.train_speed", "bench.threads", "bench.reconstruct_speed", "stages.grid",
            "stages.verdict")
 
@@ -26,7 +26,7 @@ def test_help_prints_and_exits_cleanly(name, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["scripts.holdout_error", "scripts.proxy_probe", "scripts.laundering_probe",
-                                  "scripts.wide_proxy_probe"])
+                                  "scripts.wide_proxy_probe", "scripts.verification_resolution"])
 def test_probes_check_every_seed_before_any_work(name, tmp_path):
     """A probe stops before reading any cell when one seed's models are missing (seed 0's folder exists but is
     empty: reading it first would fail on its missing files instead), naming the command that makes them."""
