@@ -166,3 +166,10 @@ def test_a_loss_of_exactly_the_budget_fits_despite_float_error():
     (verdict,) = verdicts([exact], budgets=[0.005])
     assert verdict.chosen == [exact] and verdict.removed and not verdict.overshot
     assert best_in_hindsight([exact], 0.005) is exact
+
+
+def test_the_report_says_over_how_many_seeds_the_picks_figures_are():
+    attempts = [attempt(seed=0, drop=0.002), attempt(seed=1, estimated=0.05), attempt(seed=2, drop=0.004)]
+    (verdict,) = verdicts(attempts, budgets=[0.01])
+    assert "| 0.3 ± 0.1 (2 of 3 seeds) | 5.0 ± 0.0 (2 of 3 seeds) |" in report([verdict])
+    assert "seeds)" not in report(verdicts(attempts[:1], budgets=[0.01]))

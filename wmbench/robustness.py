@@ -70,9 +70,10 @@ class Attempt:
     def __post_init__(self) -> None:
         for name in ("estimated_drop", "proxy_wm_acc", "test_acc_drop", "wm_acc", "threshold"):
             if not math.isfinite(getattr(self, name)):
+                hint = ("run the remove stage with data.adversary_holdout > 0 for the held-out figures"
+                        if name == "estimated_drop" else "re-run the stage that measured it")
                 raise ValueError(f"{self.scheme} {self.method} {self.setting} seed {self.seed}: {name} is "
-                                 f"{getattr(self, name)}; every attempt needs a finite value (run the remove "
-                                 "stage with data.adversary_holdout > 0 for the held-out figures)")
+                                 f"{getattr(self, name)}; every attempt needs a finite value ({hint})")
 
     @property
     def label(self) -> str:
@@ -240,9 +241,12 @@ def report(found: Sequence[Verdict]) -> str:
     lines = ["| watermark | budget (points) | adversary's pick | test acc lost (points) | wm_acc % | "
              "removed within budget | verdict | some attempt did, in hindsight |", "|---|---|---|---|---|---|---|---|"]
     for verdict in found:
+        # the picks' figures leave out seeds that had none: say over how many when that is fewer
+        picked, seeds = len(verdict.chosen), len(verdict.picks)
+        over = f" ({picked} of {seeds} seeds)" if 0 < picked < seeds else ""
         lines.append(f"| {verdict.scheme} | {100 * verdict.budget:g} | {verdict.method} | "
-                     f"{mean_spread([p.test_acc_drop for p in verdict.chosen])} | "
-                     f"{mean_spread([p.wm_acc for p in verdict.chosen])} | "
+                     f"{mean_spread([p.test_acc_drop for p in verdict.chosen])}{over} | "
+                     f"{mean_spread([p.wm_acc for p in verdict.chosen])}{over} | "
                      f"{verdict.removed_seeds}/{len(verdict.picks)} | {verdict.text} | "
                      f"{verdict.removable_in_hindsight}/{len(verdict.seeds)} |")
     return "\n".join(lines)
