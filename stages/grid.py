@@ -170,8 +170,7 @@ def set_dotted(params: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"{key}: the params file has no block {part!r}")
     if last not in node:
-        raise ValueError(f"{key}: the params file has no key {key!r}; a variant sets only keys the params "
-                         f"file lists (as `dvc exp run -S`): add {last!r} to its {'.'.join(path)!r} block")
+        raise ValueError(f"{key}: the params file has no key {key!r}")
     node[last] = value
 
 
