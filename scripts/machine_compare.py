@@ -9,7 +9,7 @@ watermarked model, the clean threshold and Neural Cleanse's flag on each side,
 then for each budget the adversary's pick on each side
 (:func:`wmbench.robustness.verdicts`: the lowest proxy retention within the
 budget on the held-out slice), its test points lost, true retention and whether
-it removed the mark as the verdict counts it (below the threshold and within
+it removed the mark as the verdict counts it (at or below the threshold and within
 the budget on the test set), and the same for the best attempt in hindsight
 (:func:`wmbench.robustness.best_in_hindsight`: what the menu could do). Last, over every attempt both cells hold, the
 median and largest absolute difference of each figure.
