@@ -46,32 +46,21 @@ def rate(hits: Any) -> tuple[float, float]:
     return p, math.sqrt(p * (1 - p) / n)
 
 
-def stamped_test_images(cell: Path) -> tuple[Any, Any, int]:
+def stamped_test_images(params: Any, prepared: Any) -> tuple[Any, Any, int]:
     """The cell's test images of its stamped classes, unstamped and stamped as ``prepare`` stamps triggers, and
     the target."""
     import torch
 
-    from wmbench.params import load_params
-    from wmbench.prepared import load_prepared, to_uint8
-    from wmbench.seeding import derive_seed
-    from wmbench.watermarks import StampWatermark, build_watermark
+    from stages.prepare import make_watermark
+    from wmbench.prepared import to_uint8
+    from wmbench.watermarks import StampWatermark
 
-    params = load_params(cell / "params.yaml")
-    prepared = load_prepared(cell / "prepared")
-    images, labels = prepared.arrays["test"]
-    watermark = build_watermark(params.watermark.scheme, params.watermark.scheme_options,
-                                target=params.watermark.target, image_shape=tuple(images.shape[1:]),
-                                num_classes=int(labels.max()) + 1, seed=derive_seed(params.seed, "watermark"),
-                                size=params.watermark.size)
+    watermark = make_watermark(prepared, params)
     if not isinstance(watermark, StampWatermark):
-        raise SystemExit(f"{cell}: scheme {params.watermark.scheme} does not stamp test images; this probe reads "
-                         "the stamped schemes (square, content, noise)")
-    labels_t = torch.as_tensor(labels)
-    if watermark.source_classes:
-        keep = torch.isin(labels_t, torch.tensor(watermark.source_classes, dtype=labels_t.dtype))
-    else:
-        keep = labels_t != watermark.target
-    clean = torch.as_tensor(images)[keep].float() / 255
+        raise SystemExit(f"scheme {params.watermark.scheme} does not stamp test images; this probe reads the "
+                         "stamped schemes (square, content, noise)")
+    images, labels = prepared.arrays["test"]
+    clean = torch.as_tensor(images)[watermark.stamped_classes(torch.as_tensor(labels))].float() / 255
     stamped = torch.as_tensor(to_uint8(watermark.apply(clean))).float() / 255
     return clean, stamped, watermark.target
 
@@ -82,6 +71,7 @@ def measure_cell(experiment: Path, seed: int, scheme: str, fraction: str) -> lis
 
     from wmbench.checkpoint import load_checkpoint
     from wmbench.files import read_json
+    from wmbench.params import load_params
     from wmbench.prepared import load_prepared
     from wmbench.training import DeviceData, predict
     from wmbench.verdict import fraction_key
@@ -89,16 +79,17 @@ def measure_cell(experiment: Path, seed: int, scheme: str, fraction: str) -> lis
     torch.set_num_threads(1)
     cell = seed_work(experiment, seed) / scheme / fraction
     figures = read_json(experiment / "cells" / f"seed{seed}.json")["cells"][scheme][fraction_key(float(fraction))]
-    clean, stamped, target = stamped_test_images(cell)
+    params, prepared = load_params(cell / "params.yaml"), load_prepared(cell / "prepared")
+    clean, stamped, target = stamped_test_images(params, prepared)
     device = torch.device("cpu")
-    sets = {"trigger": load_prepared(cell / "prepared").on("trigger", device),
+    sets = {"trigger": prepared.on("trigger", device),
             "stamped": DeviceData(stamped, torch.full((len(stamped),), target)),
             "unstamped": DeviceData(clean, torch.full((len(clean),), target))}
     models = {"watermarked": (cell / "models" / "watermarked.pt", figures["watermarked"]["wm_acc"])}
     for name, attempt in sorted(figures["attempts"].items()):
         models[name] = (cell / "models" / "removed" / f"{name}.pt", attempt["wm_acc"])
 
-    rows = clean_histories(cell, sets, target, f"{scheme}-{fraction}")
+    rows = clean_histories(cell.parent.parent / "clean", params, prepared, sets, target, f"{scheme}-{fraction}")
     for name, (path, judged) in models.items():
         model = load_checkpoint(path).build_model().eval()
         with torch.no_grad():
@@ -116,24 +107,22 @@ def measure_cell(experiment: Path, seed: int, scheme: str, fraction: str) -> lis
              "threshold": figures["threshold"], **row} for row in rows]
 
 
-def clean_histories(cell: Path, sets: dict[str, Any], target: int, cell_name: str) -> list[dict[str, Any]]:
+def clean_histories(clean: Path, params: Any, prepared: Any, sets: dict[str, Any], target: int,
+                    cell_name: str) -> list[dict[str, Any]]:
     """The cell's clean models trained again as the grid trained them (``stages.grid.train_clean``: same params,
     seeds and owner data), one row per model and epoch; each epoch's test accuracy and 100-image retention must
-    equal the grid's record of it (``clean/seed<k>.csv``), so these are the models that set the threshold."""
+    equal the grid's record of it (``clean``: the seed's ``clean/`` folder, ``seed<k>.csv``), so these are the
+    models that set the threshold."""
     import csv as csv_module
 
     import torch
 
     from stages.embed import train_model
-    from wmbench.params import load_params
-    from wmbench.prepared import load_prepared
     from wmbench.training import accuracy, predict
 
-    params = load_params(cell / "params.yaml")
-    prepared = load_prepared(cell / "prepared")
     test = prepared.on("test", torch.device("cpu"))
     rows = []
-    for record in sorted((cell.parent.parent / "clean").glob("seed*.csv")):
+    for record in sorted(clean.glob("seed*.csv")):
         with open(record, newline="") as f:
             recorded = list(csv_module.DictReader(f))
         found: list[dict[str, Any]] = []

@@ -24,8 +24,9 @@ def split_owner_adversary(dataset: Dataset, params: Params) -> tuple[np.ndarray,
                                  data.holdout_pool, params.seed)
 
 
-def make_watermark(dataset: Dataset, params: Params) -> Watermark:
-    """The owner's scheme, keyed by the seed."""
+def make_watermark(dataset: Dataset | Prepared, params: Params) -> Watermark:
+    """The owner's scheme, keyed by the seed (``dataset``: the data or a ``prepare`` folder of it, for the image
+    shape and class count)."""
     return build_watermark(
         params.watermark.scheme,
         params.watermark.scheme_options,

@@ -18,13 +18,13 @@ import torch
 from matplotlib.figure import Figure
 
 from wmbench.checkpoint import load_checkpoint
-from wmbench.data import adversary_holdout_split
 from wmbench.files import write_csv_atomic, write_json_atomic
 from wmbench.params import Params
 from wmbench.plotting import save_figure
 from wmbench.precision import autocast, channels_last_model, channels_last_prepared
 from wmbench.prepared import Prepared, load_prepared
 from wmbench.progress import Progress
+from wmbench.proxy import adversary_training_images
 from wmbench.reconstruct import AnomalyReport, Reconstruction, mad_anomaly, neural_cleanse, save_reconstruction
 from wmbench.seeding import generator
 from wmbench.stage import (
@@ -123,9 +123,7 @@ def training_images(prepared: Prepared, params: Params, device: torch.device) ->
     """The adversary's images less its held-out slice (``data.adversary_holdout``): the slice judges the
     removals, so nothing the adversary fits, these triggers included, may have seen it (the removals train on
     the same images, :func:`wmbench.proxy.adversary_training_images`)."""
-    adversary = prepared.on("adversary", device)
-    train, _ = adversary_holdout_split(prepared.arrays["adversary"][1], params.data.adversary_holdout, params.seed)
-    return adversary.images[torch.as_tensor(train, device=device)]
+    return adversary_training_images(*prepared.arrays["adversary"], params.data.adversary_holdout, params.seed, device)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

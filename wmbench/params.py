@@ -135,6 +135,9 @@ class TrainParams:
             raise ParamsError("train.momentum, train.weight_decay and train.pretrain_epochs must be >= 0")
 
 
+CLEAN_SEED_STRIDE = 1000  # run seed s trains its clean models with seeds 1000 s + 1 .. (wmbench.seeding.clean_seeds)
+
+
 @dataclass
 class VanillaParams:
     """Clean models that calibrate the ownership threshold (Aiken et al., Sec. 7.1)."""
@@ -143,9 +146,9 @@ class VanillaParams:
 
     def __post_init__(self) -> None:
         _positive("vanilla.seeds", self.seeds)
-        if self.seeds >= 1000:
-            raise ParamsError(f"vanilla.seeds={self.seeds}: at most 999 clean models (their seeds are 1000 seed + 1 "
-                              "..); 3 to 10 calibrate a threshold")
+        if self.seeds >= CLEAN_SEED_STRIDE:
+            raise ParamsError(f"vanilla.seeds={self.seeds}: at most {CLEAN_SEED_STRIDE - 1} clean models (their seeds "
+                              f"are {CLEAN_SEED_STRIDE} seed + 1 ..); 3 to 10 calibrate a threshold")
 
 
 @dataclass

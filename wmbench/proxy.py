@@ -68,9 +68,12 @@ def adversary_holdout(images: np.ndarray, labels: np.ndarray, fraction: float, s
 
 def adversary_training_images(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
                               device: torch.device) -> torch.Tensor:
-    """The adversary's images the ``remove`` stage trained on: its subset less :func:`adversary_holdout`."""
+    """The adversary's images the ``remove`` stage trained on: its subset less :func:`adversary_holdout`.
+
+    Indexed as a tensor, so a channels-last layout of ``images`` (:func:`wmbench.precision.channels_last_prepared`)
+    carries over."""
     train, _ = adversary_holdout_split(labels, fraction, seed)
-    return DeviceData.from_arrays(images[train], labels[train], device).images
+    return DeviceData.from_arrays(images, labels, device).images[torch.as_tensor(train, device=device)]
 
 
 def suspected_class(reconstruction: Reconstruction) -> int:

@@ -11,13 +11,12 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from wmbench.params import CLEAN_SEED_STRIDE
+
 
 def derive_seed(seed: int, purpose: str) -> int:
     """A stable 31-bit seed for ``purpose`` (e.g. ``"split"``), independent of other purposes."""
     return (seed * 1_000_003 + zlib.crc32(purpose.encode())) % (2**31 - 1)
-
-
-CLEAN_SEED_STRIDE = 1000  # run seed s trains its clean models with seeds 1000 s + 1 .. 1000 s + N
 
 
 def clean_seeds(seed: int, count: int) -> list[int]:

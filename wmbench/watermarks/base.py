@@ -102,15 +102,18 @@ class StampWatermark(Watermark):
         ``generator`` feeds schemes that draw per image (noise with ``draw: per_image``).
         """
 
+    def stamped_classes(self, labels: torch.Tensor) -> torch.Tensor:
+        """Which of ``labels`` belong to the classes this scheme stamps (bool, same shape)."""
+        if self.source_classes:
+            return torch.isin(labels, torch.tensor(self.source_classes, dtype=labels.dtype))
+        return labels != self.target
+
     def _stamped(
         self, images: torch.Tensor, labels: torch.Tensor, count: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.source_classes:
-            keep = torch.isin(labels, torch.tensor(self.source_classes, dtype=labels.dtype))
-            wanted = f"of source class(es) {self.source_classes}"
-        else:
-            keep = labels != self.target
-            wanted = "with a label other than watermark.target"
+        keep = self.stamped_classes(labels)
+        wanted = (f"of source class(es) {self.source_classes}" if self.source_classes
+                  else "with a label other than watermark.target")
         candidates = torch.nonzero(keep).flatten()
         if len(candidates) == 0:
             raise ValueError(f"no image {wanted} to stamp")
