@@ -24,8 +24,9 @@ own run of that method.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -36,11 +37,16 @@ FRACTIONS = ("0.1", "0.006")
 EPOCHS = (24, 44)  # flagged's epochs: about half and all of `all`'s steps at its 8 epochs
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None, target: str = "stages.grid:stage",
+         default_out: str = "results/laundering_probe.csv", doc: str | None = None,
+         added: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None) -> None:
+    """Run the probe; ``target`` runs one removal in a worker (``scripts.refresh_probe`` passes its own, which
+    registers the method it probes), ``added`` maps a method the grid does not run to the method whose
+    ``removal`` block it starts from and its own keys, ``default_out`` and ``doc`` are the calling probe's."""
+    parser = argparse.ArgumentParser(description=doc or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/laundering_probe", help="folder for the probe's models")
     parser.add_argument("--jobs", type=int, default=2, help="removals at once, one torch thread each")
-    parser.add_argument("--out", default="results/laundering_probe.csv", help="one row per run")
+    parser.add_argument("--out", default=default_out, help="one row per run")
     parser.add_argument("--variants", default="", help="method@key=value[+key=value],... instead of Laundering "
                         f"on the flagged class at {' and '.join(map(str, EPOCHS))} epochs")
     add_cell_arguments(parser, SCHEMES, FRACTIONS)
@@ -68,13 +74,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 cell_params = yaml.safe_load((cell / "params.yaml").read_text())
                 for method, settings_ in current["removal"].items():  # keys added since the grid ran, at their default
                     cell_params["removal"][method] = {**settings_, **cell_params["removal"].get(method, {})}
+                for method, (source, keys) in (added or {}).items():
+                    cell_params["removal"][method] = {**cell_params["removal"][source], **keys}
                 for label, variant in settings:
                     params, _ = variant_params(cell_params, variant)
                     epochs = params["removal"][variant.method]["epochs"]
                     out = Path(args.work) / f"seed{seed}" / scheme / fraction / label.replace(", ", "-")
                     out.mkdir(parents=True, exist_ok=True)
                     (out / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-                    jobs.append(Job(f"seed{seed} {scheme}-{fraction} {label}", "stages.grid:stage", (
+                    jobs.append(Job(f"seed{seed} {scheme}-{fraction} {label}", target, (
                         "remove", ["--params", str(out / "params.yaml"), "--method", variant.method,
                                    "--prepared", str(cell / "prepared"),
                                    "--model", str(work / scheme / "0.1" / "models" / "watermarked.pt"),
@@ -93,7 +101,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             grids[seed, scheme, fraction, method] = cell
             grid_runs = ((("laundering", "all, epochs=8"), ("laundering@retrain_triggers=flagged", "flagged, epochs=8"))
                          if method == "laundering" else ((method, f"{method} (the grid's)"),))
+            if method not in cell["attempts"]:  # a method the grid does not run: beside the grid's Laundering runs
+                grid_runs = tuple((name, f"{name} (the grid's)") for name in cell["attempts"]
+                                  if name.split("@")[0] == "laundering")
             for name, setting in grid_runs:
+                if name not in cell["attempts"]:  # a grid run on a smaller menu
+                    continue
                 attempt = cell["attempts"][name]
                 rows.append({"seed": seed, "scheme": scheme, "adversary_fraction": float(fraction),
                              "setting": setting, "threshold": cell["threshold"],

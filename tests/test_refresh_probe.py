@@ -1,0 +1,45 @@
+"""scripts.refresh_probe: Laundering whose Step 3 re-searches the trigger; with no search it is Laundering."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from scripts import refresh_probe
+from stages.remove import adversary_view
+from tests.test_laundering import laundering
+from wmbench import reconstruct
+from wmbench.removal import REMOVALS, create_removal
+
+CPU = torch.device("cpu")
+
+
+def test_without_searches_it_is_laundering_to_the_last_bit(watermarked):
+    prepared, params, model, _ = watermarked
+    refresh_probe.register()
+    refresh_probe.register()  # twice: a worker may import it again
+    images = prepared.on("adversary", CPU).images
+    settings = dataclasses.replace(laundering(params, epochs=2), epochs=2, distill_weight=0.5,
+                                   retrain_triggers="flagged")
+    found = reconstruct.neural_cleanse(model, images, settings.reconstruct, torch.Generator().manual_seed(0))
+    plain = create_removal("laundering", settings).remove(model, adversary_view(prepared, params, CPU, found))
+    fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    refreshed = REMOVALS.get(refresh_probe.NAME).Params(**fields, refresh_steps=0)
+    probe = create_removal(refresh_probe.NAME, refreshed).remove(model, adversary_view(prepared, params, CPU, found))
+    assert [r["test_acc"] for r in probe.history] == [r["test_acc"] for r in plain.history]
+    assert all(torch.equal(v, probe.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
+
+
+def test_the_kept_trigger_stays_within_its_budget_and_learns_to_send_images_to_its_class(watermarked):
+    prepared, _, model, _ = watermarked
+    images = prepared.on("adversary", CPU).images
+    trigger = refresh_probe.RefreshedTrigger(label=3, budget=6.0, like=images)
+    target = torch.full((len(images),), 3)
+    before = F.cross_entropy(model.eval()(trigger.stamp(images)), target).item()
+    for _ in range(2):  # the search goes on where it stopped
+        trigger.search(model, images, 30, torch.Generator().manual_seed(1))
+        assert float(trigger.mask().detach().sum()) <= 6.0 + 1e-4
+    assert F.cross_entropy(model(trigger.stamp(images)), target).item() < before
+    assert all(p.requires_grad for p in model.parameters())  # the model's weights were not left frozen
