@@ -21,9 +21,9 @@ probe's processes, so the library (and the full-size experiment that depends
 on it) is unchanged until a result earns it a place. It runs on the
 experiment's models like ``scripts.laundering_probe``:
 
-    OMP_NUM_THREADS=1 python -m scripts.refresh_probe --schemes square content noise \
-      --variants "laundering_refresh@distill_weight=1+epochs=24+retrain_triggers=flagged" \
-      --out results/refresh_probe.csv
+    OMP_NUM_THREADS=1 python -m scripts.refresh_probe --schemes square content noise --out results/refresh_probe.csv
+
+runs :data:`VARIANTS`; ``--variants`` runs others (``laundering_refresh@refresh_steps=100+...``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ from wmbench.reconstruct import inspecting
 NAME = "laundering_refresh"
 REFRESH_STEPS = 50  # Adam steps of 64 images per suspected class before each pass (0: Laundering)
 REFRESH_MULTIPLE = 2.0  # the searched mask's L1 cap, in multiples of Neural Cleanse's norm (the wide proxy's)
+# what the probe runs without --variants, fixed before any run: the grid's two distilled flagged Laundering settings
+# with the search added (each beside the grid's own run on the same model), and the search alone, nothing reset
+VARIANTS = (
+    f"{NAME}@distill_weight=1+epochs=24+retrain_triggers=flagged",
+    f"{NAME}@conv_threshold=2+dense_threshold=4+distill_weight=1+epochs=48+retrain_triggers=flagged",
+    f"{NAME}@conv_threshold=.inf+dense_threshold=.inf+distill_weight=1+epochs=24+mask_share=0+retrain_triggers=flagged",
+)
 
 
 class RefreshedTrigger:
@@ -164,7 +171,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     register()
     from scripts import laundering_probe
 
-    laundering_probe.main(list(argv if argv is not None else sys.argv[1:]), target="scripts.refresh_probe:stage",
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if not any(arg.startswith("--variants") for arg in argv):
+        argv += ["--variants", ",".join(VARIANTS)]
+    laundering_probe.main(argv, target="scripts.refresh_probe:stage",
                           default_out="results/refresh_probe.csv", doc=__doc__,
                           added={NAME: ("laundering", {"refresh_steps": REFRESH_STEPS,
                                                        "refresh_multiple": REFRESH_MULTIPLE})})
