@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None, target: str = "stages.grid:stage",
                     jobs.append(Job(f"seed{seed} {scheme}-{fraction} {label}", target, (
                         "remove", ["--params", str(out / "params.yaml"), "--method", variant.method,
                                    "--prepared", str(cell / "prepared"),
-                                   "--model", str(work / scheme / "0.1" / "models" / "watermarked.pt"),
+                                   "--model", str(cell / "models" / "watermarked.pt"),  # the judge step copies it there
                                    "--out", str(out / "model.pt"), "--metrics", str(out / "metrics.json"),
                                    "--plot", str(out / "curve.csv"), "--settings", str(out / "settings.json"),
                                    "--reconstruct", str(cell / "reconstruct")]), str(Path(args.work) / "log"),

@@ -79,3 +79,33 @@ def watermarked(prepared_dir):
     prepared = load_prepared(prepared_dir / "prepared")
     model, history = train_model(prepared, params, torch.device("cpu"), seed=0, watermark=True)
     return prepared, params, model, history
+
+
+def grid_params(folder: Path) -> Path:
+    """Small digits params for a grid: few epochs everywhere, one clean model, a held-out slice the owner never saw."""
+    params = small_params(**{"train.epochs": 10, "vanilla.seeds": 1, "reconstruct.epochs": 20,
+                             "data.holdout_pool": 0.1})
+    for settings in params["removal"].values():
+        if "epochs" in settings:
+            settings["epochs"] = 2
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    """One seed of a two-watermark grid on digits, and the verdict over it."""
+    from stages import grid, verdict
+
+    folder = tmp_path_factory.mktemp("grid")
+    params = grid_params(folder)
+    grid.main(["--params", str(params), "--seed", "0", "--schemes", "content,square", "--fractions", "0.3",
+               "--methods", "finetune,laundering,scratch", "--variants", "finetune@epochs=1+lr=0.001",
+               "--jobs", "2", "--work", str(folder / "work"),
+               "--metrics", str(folder / "cells" / "seed0.json"), "--settings", str(folder / "settings.json")])
+    (folder / "grid.yaml").write_text("seeds: [0]\n")
+    verdict.main(["--params", str(params), "--grid", str(folder / "grid.yaml"), "--cells", str(folder / "cells"),
+                  "--metrics", str(folder / "robustness.json"), "--report", str(folder / "report.md"),
+                  "--plots", str(folder / "plots")])
+    return folder

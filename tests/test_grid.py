@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, small_params
+from tests.conftest import ROOT, grid_params
 from wmbench.jobs import Job, longest_chains, run_jobs
 
 
@@ -109,36 +109,6 @@ def test_the_verdict_reports_how_far_the_held_out_slice_misjudged_each_method():
     assert lines[3] == "| 10% | laundering | 4.5 ± 0.5 | 2.0 ± 0.0 | 2.5 ± 0.5 | 2 |"  # variants pooled
     assert lines[4] == "| 0.6% | laundering | 10.0 ± 0.0 | 5.0 ± 0.0 | 5.0 ± 0.0 | 1 |"
     assert len(lines) == 5  # the watermarked model is no method
-
-
-def grid_params(folder: Path) -> Path:
-    """Small digits params for a grid: few epochs everywhere, one clean model, a held-out slice the owner never saw."""
-    params = small_params(**{"train.epochs": 10, "vanilla.seeds": 1, "reconstruct.epochs": 20,
-                             "data.holdout_pool": 0.1})
-    for settings in params["removal"].values():
-        if "epochs" in settings:
-            settings["epochs"] = 2
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
-
-
-@pytest.fixture(scope="module")
-def grid_run(tmp_path_factory):
-    """One seed of a two-watermark grid on digits, and the verdict over it."""
-    from stages import grid, verdict
-
-    folder = tmp_path_factory.mktemp("grid")
-    params = grid_params(folder)
-    grid.main(["--params", str(params), "--seed", "0", "--schemes", "content,square", "--fractions", "0.3",
-               "--methods", "finetune,laundering,scratch", "--variants", "finetune@epochs=1+lr=0.001",
-               "--jobs", "2", "--work", str(folder / "work"),
-               "--metrics", str(folder / "cells" / "seed0.json"), "--settings", str(folder / "settings.json")])
-    (folder / "grid.yaml").write_text("seeds: [0]\n")
-    verdict.main(["--params", str(params), "--grid", str(folder / "grid.yaml"), "--cells", str(folder / "cells"),
-                  "--metrics", str(folder / "robustness.json"), "--report", str(folder / "report.md"),
-                  "--plots", str(folder / "plots")])
-    return folder
 
 
 def test_grid_embeds_each_watermark_and_judges_every_removal(grid_run):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 
 import torch
@@ -43,3 +44,32 @@ def test_the_kept_trigger_stays_within_its_budget_and_learns_to_send_images_to_i
         assert float(trigger.mask().detach().sum()) <= 6.0 + 1e-4
     assert F.cross_entropy(model(trigger.stamp(images)), target).item() < before
     assert all(p.requires_grad for p in model.parameters())  # the model's weights were not left frozen
+
+
+def test_the_probe_runs_on_a_grids_models_and_its_models_are_judged_beside_the_grids(grid_run, tmp_path, capsys):
+    """refresh_probe then judge_probe on a one-seed digits grid laid out as the experiment folder."""
+    from scripts import judge_probe
+
+    experiment = tmp_path / "experiment"
+    (experiment / "work").mkdir(parents=True)
+    (experiment / "work" / "seed0").symlink_to(grid_run / "work")
+    (experiment / "cells").mkdir()
+    (experiment / "cells" / "seed0.json").symlink_to(grid_run / "cells" / "seed0.json")
+    (experiment / "params.yaml").symlink_to(grid_run / "params.yaml")
+    cell = ["--experiment", str(experiment), "--seeds", "0", "--schemes", "square", "--fractions", "0.3",
+            "--jobs", "1"]
+    variant = f"{refresh_probe.NAME}@epochs=1+refresh_steps=3+retrain_triggers=flagged"
+    refresh_probe.main([*cell, "--work", str(tmp_path / "probe"), "--out", str(tmp_path / "probe.csv"),
+                        "--variants", variant])
+    assert (tmp_path / "probe" / "seed0" / "square" / "0.3" / variant / "model.pt").is_file()
+    assert variant in (tmp_path / "probe.csv").read_text()
+    capsys.readouterr()
+
+    judge_probe.main([*cell, "--probe", str(tmp_path / "probe"), "--out", str(tmp_path / "judged.csv")])
+    rows = list(csv.DictReader((tmp_path / "judged.csv").open()))
+    assert {row["model"] for row in rows} == {"finetune", "laundering", "scratch", "finetune@epochs=1+lr=0.001",
+                                              variant}
+    assert [row["probe"] for row in rows if row["model"] == variant] == ["True"]
+    assert all(0 <= float(row["proxy_wm_acc"]) <= 1 for row in rows)
+    table = capsys.readouterr().out
+    assert "| 30.0% | square | 1 |" in table and "with the probe's" in table
