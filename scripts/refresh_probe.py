@@ -107,6 +107,15 @@ def register() -> None:
         refresh_steps: int = REFRESH_STEPS
         refresh_multiple: float = REFRESH_MULTIPLE
 
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.rounds != 1:
+                raise ValueError(f"rounds={self.rounds}: {NAME} runs one round (its search goes on within it); "
+                                 "set rounds=1")
+            if self.refresh_steps < 0 or self.refresh_multiple <= 0:
+                raise ValueError(f"refresh_steps={self.refresh_steps}, refresh_multiple={self.refresh_multiple}: "
+                                 "steps are 0 or more (0: Laundering), the multiple positive (e.g. 2)")
+
     @REMOVALS.register(NAME)
     class RefreshLaundering(Laundering):
         Params = RefreshParams

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +32,15 @@ def test_without_searches_it_is_laundering_to_the_last_bit(watermarked):
     probe = create_removal(refresh_probe.NAME, refreshed).remove(model, adversary_view(prepared, params, CPU, found))
     assert [r["test_acc"] for r in probe.history] == [r["test_acc"] for r in plain.history]
     assert all(torch.equal(v, probe.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
+
+
+def test_settings_it_cannot_honour_are_refused():
+    refresh_probe.register()
+    settings = REMOVALS.get(refresh_probe.NAME).Params
+    for bad, message in (({"rounds": 2}, "one round"), ({"refresh_steps": -1}, "0 or more"),
+                         ({"refresh_multiple": 0}, "positive")):
+        with pytest.raises(ValueError, match=message):
+            settings(**bad)
 
 
 def test_the_kept_trigger_stays_within_its_budget_and_learns_to_send_images_to_its_class(watermarked):
