@@ -29,7 +29,8 @@ runs :data:`VARIANTS`; ``--variants`` runs others (``laundering_refresh@refresh_
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -176,17 +177,32 @@ def stage(module: str, argv: list[str]) -> None:
     grid.stage(module, argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+@contextmanager
+def registered() -> Iterator[None]:
+    """:func:`register` for the length of a ``with`` block: this process's registry is left as it was found
+    (the workers' registration ends with them)."""
+    from wmbench.removal import REMOVALS
+
+    added = NAME not in REMOVALS
     register()
+    try:
+        yield
+    finally:
+        if added:
+            del REMOVALS._entries[NAME]  # the registry has no public removal: the library never needs one
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     from scripts import laundering_probe
 
     argv = list(argv if argv is not None else sys.argv[1:])
     if not any(arg.startswith("--variants") for arg in argv):
         argv += ["--variants", ",".join(VARIANTS)]
-    laundering_probe.main(argv, target="scripts.refresh_probe:stage",
-                          default_out="results/refresh_probe.csv", doc=__doc__,
-                          added={NAME: ("laundering", {"refresh_steps": REFRESH_STEPS,
-                                                       "refresh_multiple": REFRESH_MULTIPLE})})
+    with registered():
+        laundering_probe.main(argv, target="scripts.refresh_probe:stage",
+                              default_out="results/refresh_probe.csv", doc=__doc__,
+                              added={NAME: ("laundering", {"refresh_steps": REFRESH_STEPS,
+                                                           "refresh_multiple": REFRESH_MULTIPLE})})
 
 
 if __name__ == "__main__":

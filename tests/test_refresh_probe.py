@@ -18,6 +18,13 @@ from wmbench.removal import REMOVALS, create_removal
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def registry_as_it_was(monkeypatch):
+    """The probe registers its method in the process-wide registry (its workers need it); each test here
+    leaves the registry as it found it, so other modules' tests see only the library's methods."""
+    monkeypatch.setattr(REMOVALS, "_entries", dict(REMOVALS._entries))
+
+
 def test_without_searches_it_is_laundering_to_the_last_bit(watermarked):
     prepared, params, model, _ = watermarked
     refresh_probe.register()
@@ -73,6 +80,7 @@ def test_the_probe_runs_on_a_grids_models_and_its_models_are_judged_beside_the_g
                         "--variants", variant])
     assert (tmp_path / "probe" / "seed0" / "square" / "0.3" / variant / "model.pt").is_file()
     assert variant in (tmp_path / "probe.csv").read_text()
+    assert refresh_probe.NAME not in REMOVALS  # main registered it for its run only
     capsys.readouterr()
 
     judge_probe.main([*cell, "--probe", str(tmp_path / "probe"), "--out", str(tmp_path / "judged.csv")])

@@ -9,7 +9,7 @@ import pytest
 
 MODULES = ("scripts.aiken_results", "scripts.wild_results", "scripts.sweep", "scripts.rmsprop_probe",
            "scripts.refit_probe", "scripts.holdout_error", "scripts.proxy_probe", "scripts.laundering_probe",
-           "scripts.nc_probe",
+           "scripts.nc_probe", "scripts.refresh_probe", "scripts.judge_probe",
            "scripts.add_attempts", "scripts.wide_proxy_probe", "scripts.menu_cut_replay", "scripts.machine_compare",
            "scripts.verification_resolution", "bench.wild_grid",
            "bench.stage_speed", "bench.train_speed", "bench.threads", "bench.reconstruct_speed", "stages.grid",
