@@ -94,7 +94,7 @@ def register() -> None:
     from wmbench.removal import REMOVALS
     from wmbench.removal.base import RemovalData, RemovalResult, copy_model
     from wmbench.removal.laundering import Laundering, LaunderingParams, reset_excited_units, retraining_set
-    from wmbench.training import DeviceData, fit, logits, make_optimizer, make_scheduler, soft_targets
+    from wmbench.training import DeviceData, fit, logits, make_optimizer, make_scheduler
 
     if NAME in REMOVALS.names():
         return
@@ -138,8 +138,7 @@ def register() -> None:
             triggers = range(data.num_classes) if params.retrain_triggers == "all" else suspects
             base = retraining_set(data.adversary, found, triggers, report.least_likely, params.mask_share,
                                   teacher, params.distill_weight)
-            targets = (soft_targets(data.adversary.labels, teacher, params.distill_weight)
-                       if teacher is not None else data.adversary.labels)
+            targets = base.labels[: len(data.adversary)]  # the clean images' rows, which a stamped copy shares
             searches = [RefreshedTrigger(label, params.refresh_multiple * float(found.masks[found.row(label)].sum()),
                                          data.adversary.images) for label in suspects]
             optimizer = make_optimizer(params.optimizer, model.parameters(), params.lr)
